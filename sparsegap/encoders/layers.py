@@ -1,0 +1,53 @@
+"""Building blocks with a leading replica axis: R independent models in one set of tensors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def replica_generators(seed: int, replicas: int) -> list[torch.Generator]:
+    """One generator per replica, seeded ``seed + i``, so replica i of an R-replica run is
+    initialised exactly like a one-replica run with seed ``seed + i``."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(replicas)]
+
+
+def per_replica(
+    generators: Sequence[torch.Generator], draw: Callable[[torch.Generator], Tensor]
+) -> Tensor:
+    """Stack one draw per replica generator along a new leading axis."""
+    return torch.stack([draw(g) for g in generators])
+
+
+def uniform_init(generators: Sequence[torch.Generator], shape: tuple[int, ...], bound: float) -> Tensor:
+    return per_replica(generators, lambda g: (torch.rand(shape, generator=g) * 2 - 1) * bound)
+
+
+class ReplicaLinear(nn.Module):
+    """R independent linear maps y = W·x (+ b) on column batches.
+
+    ``x`` is either (in, B), shared by all replicas (data), or (R, in, B). Weights are (R, out, in)
+    and initialised like ``nn.Linear`` (uniform in ±1/sqrt(in)), each replica from its own
+    generator.
+    """
+
+    def __init__(
+        self, fan_in: int, fan_out: int, generators: Sequence[torch.Generator], bias: bool = False
+    ) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(fan_in)
+        self.fan_in, self.fan_out, self.replicas = fan_in, fan_out, len(generators)
+        self.weight = nn.Parameter(uniform_init(generators, (fan_out, fan_in), bound))
+        self.bias = nn.Parameter(uniform_init(generators, (fan_out, 1), bound)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            # Shared input: one GEMM with all replicas' rows stacked is faster than R small ones.
+            w = self.weight.reshape(self.replicas * self.fan_out, self.fan_in)
+            y = (w @ x).view(self.replicas, self.fan_out, x.shape[1])
+        else:
+            y = torch.bmm(self.weight, x)
+        return y + self.bias if self.bias is not None else y

@@ -1,0 +1,48 @@
+"""The interface every inference algorithm implements, and the registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import Tensor
+
+from sparsegap.config import InferenceConfig
+from sparsegap.flops import Flops
+
+INFERENCE: dict[str, type[Inference]] = {}
+
+
+class Inference(ABC):
+    """Solve min_S ||D·S - X||^2 / (M·B) + l1 · mean(S) over non-negative codes S.
+
+    Shapes: x (M, B) shared by all replicas, atoms (R, M, L) one dictionary per replica,
+    init (R, L, B) non-negative codes to warm-start from, or None for the algorithm's own start.
+    Returns codes (R, L, B).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: InferenceConfig, l1_coeff: float) -> None:
+        self.cfg = cfg
+        self.iterations = cfg.iterations
+        self.l1_coeff = cfg.l1_coeff if cfg.l1_coeff is not None else l1_coeff
+
+    @abstractmethod
+    def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor: ...
+
+    @abstractmethod
+    def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
+        """FLOPs of one iteration over ``samples`` samples, per replica."""
+
+    def flops(self, samples: int, latents: int, dim: int) -> Flops:
+        return self.iteration_flops(samples, latents, dim) * self.iterations
+
+
+def register_inference(cls: type[Inference]) -> type[Inference]:
+    INFERENCE[cls.name] = cls
+    return cls
+
+
+def build_inference(cfg: InferenceConfig, l1_coeff: float) -> Inference:
+    return INFERENCE[cfg.name](cfg, l1_coeff)
