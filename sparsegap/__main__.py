@@ -24,6 +24,7 @@ from sparsegap.tracking import Tracker
 register_configs()
 
 
+
 def _terminate(signum: int, frame: Any) -> None:
     # Turn SIGTERM (scheduler pre-emption, `kill`) into an exception so the tracker marks the
     # run failed and closes its files instead of the process vanishing mid-run.

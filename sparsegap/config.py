@@ -50,6 +50,10 @@ class InferenceConfig:
     lr: float = 3e-3  # step size of the optimiser
     l1_coeff: Optional[float] = None  # L1 weight of the inference objective; null = top-level l1_coeff
     init_log: float = -10.0  # log-parametrised codes start at exp(init_log) when not warm-started
+    k: Optional[int] = None  # atom budget of the pursuits (mp, omp, gp); null = data.K (set by the encoder)
+    nonnegative: bool = True  # ista, fista and the pursuits: constrain codes to S >= 0
+    restart: bool = True  # fista: adaptive (gradient) restart of the momentum, per sample
+    tolerance: float = 0.0  # stop once the relative change of the codes falls below it; 0 = never
 
 
 @dataclass

@@ -41,18 +41,54 @@ class Scenario:
     needs_matching_latents: bool = False
 
     def loss(
-        self, codes: Tensor, x: Tensor, true_codes: Tensor, decoded: Tensor | None, l1_coeff: float
+        self, codes: Tensor, x: Tensor, true_codes: Tensor, atoms: Tensor | None, l1_coeff: float
     ) -> Losses:
-        """codes (R, L, B); x (M, B); true_codes (N, B); decoded = D·codes (R, M, B) or None."""
+        """codes (R, L, B); x (M, B); true_codes (N, B); atoms: the decoder (R, M, L) or None."""
         if self.decoder == "none":
             # Negative mean cosine similarity between each true and predicted code row over the
             # batch (the authors found it more stable than MSE for this regression).
             cosine = F.cosine_similarity(codes, true_codes.unsqueeze(0), dim=2).mean(dim=1)
             return Losses(total=-cosine, cosine=cosine)
-        assert decoded is not None
-        mse = (decoded - x).square().mean(dim=(1, 2))
-        l1 = codes.abs().mean(dim=(1, 2))
+        assert atoms is not None
+        mse, l1 = reconstruction(codes, atoms, x)
         return Losses(total=mse + l1_coeff * l1, mse=mse, l1=l1)
+
+
+class _Reconstruction(torch.autograd.Function):
+    """Per replica: mean((D·S - X)²) and mean(S), with a hand-written backward.
+
+    Codes are non-negative for every encoder (ReLU or exp outputs), so mean|S| = mean(S) and its
+    gradient is a constant; at S = 0 that constant is masked by the encoder's own ReLU, which
+    makes the gradients identical to autograd's through ``abs`` (tests/test_scenarios.py checks
+    both). Five kernels instead of about twenty: at the paper's problem size a training step is
+    dominated by per-kernel overhead, not arithmetic.
+    """
+
+    @staticmethod
+    def forward(ctx, codes: Tensor, atoms: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        residual = torch.baddbmm(x.expand(atoms.shape[0], *x.shape), atoms, codes, beta=-1)
+        mse = residual.square().mean(dim=(1, 2))
+        l1 = codes.mean(dim=(1, 2))
+        ctx.save_for_backward(codes, atoms, residual)
+        return mse, l1
+
+    @staticmethod
+    def backward(ctx, grad_mse: Tensor, grad_l1: Tensor) -> tuple[Tensor | None, ...]:
+        codes, atoms, residual = ctx.saved_tensors
+        dim, samples = residual.shape[1:]
+        scale = (grad_mse * (2.0 / (dim * samples))).view(-1, 1, 1)
+        grad_codes = grad_atoms = None
+        if ctx.needs_input_grad[0]:
+            l1_scale = (grad_l1 / codes[0].numel()).view(-1, 1, 1)
+            grad_codes = torch.bmm(atoms.transpose(1, 2), residual).mul_(scale).add_(l1_scale)
+        if ctx.needs_input_grad[1]:
+            grad_atoms = torch.bmm(residual, codes.transpose(1, 2)).mul_(scale)
+        return grad_codes, grad_atoms, None
+
+
+def reconstruction(codes: Tensor, atoms: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(mse, mean(codes)) per replica for non-negative codes (R, L, B), atoms (R, M, L), x (M, B)."""
+    return _Reconstruction.apply(codes, atoms, x)
 
 
 SCENARIOS: dict[str, Scenario] = {

@@ -23,6 +23,7 @@ from sparsegap.decoder import Decoder
 from sparsegap.encoders import ENCODERS, Encoder
 from sparsegap.encoders.layers import replica_generators
 from sparsegap.flops import Flops, adam_update, reconstruction_loss
+from sparsegap.optim import Adam
 from sparsegap.scenarios import SCENARIOS, Losses, Scenario
 from sparsegap.tracking import Record, Tracker
 
@@ -43,8 +44,8 @@ class Model:
     device: torch.device
 
     def losses(self, x: torch.Tensor, true_codes: torch.Tensor, codes: torch.Tensor) -> Losses:
-        decoded = self.decoder(codes) if self.decoder is not None else None
-        return self.scenario.loss(codes, x, true_codes, decoded, self.cfg.l1_coeff)
+        atoms = self.decoder.weight if self.decoder is not None else None
+        return self.scenario.loss(codes, x, true_codes, atoms, self.cfg.l1_coeff)
 
     def train_step_flops(self) -> Flops:
         """FLOPs of one full-batch training step, per replica."""
@@ -132,8 +133,7 @@ def make_step(model: Model) -> Callable[[], None]:
     params = [p for p in encoder.parameters() if p.requires_grad]
     if decoder is not None and decoder.learned:
         params.append(decoder.weight)
-    fused = model.device.type in ("cpu", "cuda")
-    optimiser = torch.optim.Adam(params, lr=cfg.lr, fused=fused)
+    optimiser = Adam(params, lr=cfg.lr)
 
     def objective() -> torch.Tensor:
         codes = encoder(data.x_train)
@@ -144,7 +144,7 @@ def make_step(model: Model) -> Callable[[], None]:
     def step() -> None:
         if decoder is not None:
             decoder.renormalise_()
-        optimiser.zero_grad(set_to_none=True)
+        optimiser.zero_grad()
         loss_fn().backward()
         optimiser.step()
 

@@ -1,6 +1,7 @@
 """The encoder interface and registry.
 
-An encoder maps a column batch X (M, B) to codes (R, L, B) for its R replicas. Subclasses declare
+An encoder maps a column batch X (M, B) to non-negative codes (R, L, B) for its R replicas (the
+losses rely on codes ≥ 0: their L1 term is the plain mean). Subclasses declare
 their parameters, their training-time forward, optionally a different test-time ``infer``, and
 the FLOPs of each next to them. Nothing else: losses live in scenarios, the loop in train.py.
 """

@@ -14,8 +14,7 @@ from torch import Tensor
 
 from sparsegap.flops import Flops
 from sparsegap.inference.base import Inference, register_inference
-
-BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+from sparsegap.optim import Adam
 
 
 @register_inference
@@ -26,32 +25,33 @@ class AdamLog(Inference):
     def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor:
         replicas, dim, latents = atoms.shape
         samples = x.shape[1]
-        floor = math.exp(self.cfg.init_log)
         if init is None:
             log_codes = torch.full((replicas, latents, samples), self.cfg.init_log, device=x.device)
         else:
-            log_codes = init.clamp_min(floor).log()
-        atoms_t = atoms.transpose(1, 2).contiguous()
-        grad_scale = 2.0 / (dim * samples)
-        l1_grad = self.l1_coeff / (latents * samples)
+            log_codes = init.clamp_min(math.exp(self.cfg.init_log)).log()
+        # Gradient of the objective w.r.t. S, with the Gram form of Dᵀ(DS - X) = (DᵀD)S - DᵀX:
+        #   c·(DᵀD)S - c·DᵀX + l1/(L·B),  c = 2/(M·B).
+        # DᵀD and DᵀX are computed once, leaving one batched matmul per iteration.
+        scale = 2.0 / (dim * samples)
+        atoms_t = atoms.transpose(1, 2)
+        gram = torch.bmm(atoms_t, atoms).mul_(scale)
+        offset = torch.matmul(atoms_t, x).mul_(-scale).add_(self.l1_coeff / (latents * samples))
 
         codes = torch.empty_like(log_codes)
-        grad = torch.empty_like(log_codes)
-        residual = torch.empty(replicas, dim, samples, device=x.device)
-        m = torch.zeros_like(log_codes)
-        v = torch.zeros_like(log_codes)
-        denom = torch.empty_like(log_codes)
-        for t in range(1, self.iterations + 1):
+        log_codes.grad = torch.empty_like(log_codes)
+        optimiser = Adam([log_codes], lr=self.cfg.lr)
+        for _ in range(self.iterations):
             torch.exp(log_codes, out=codes)
-            torch.matmul(atoms, codes, out=residual).sub_(x)
-            # d/dlogS = S ⊙ (2/(M·B) Dᵀ(DS - X) + l1/(L·B)); |S| = S since S > 0.
-            torch.matmul(atoms_t, residual, out=grad).mul_(grad_scale).add_(l1_grad).mul_(codes)
-            m.lerp_(grad, 1 - BETA1)
-            v.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
-            torch.sqrt(v, out=denom).div_(math.sqrt(1 - BETA2**t)).add_(EPS)
-            log_codes.addcdiv_(m, denom, value=-self.cfg.lr / (1 - BETA1**t))
+            # Chain rule through S = exp(log S): d/dlogS = S ⊙ dL/dS (and |S| = S since S > 0).
+            torch.baddbmm(offset, gram, codes, out=log_codes.grad).mul_(codes)
+            optimiser.step()
+        log_codes.grad = None
         return log_codes.exp_()
 
+    def setup_flops(self, samples: int, latents: int, dim: int) -> Flops:
+        """DᵀD and DᵀX, once per call."""
+        return Flops(matmul=2 * dim * latents * (latents + samples), elementwise=2 * latents * samples)
+
     def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
-        # Two matmuls (decode, gradient) + exp, residual, gradient scaling and the Adam update.
-        return Flops(matmul=4 * dim * latents * samples, elementwise=(dim + 16 * latents) * samples)
+        # Gram matmul, exp, offset add, chain-rule product and the Adam update (12 per code).
+        return Flops(matmul=2 * latents * latents * samples, elementwise=15 * latents * samples)

@@ -35,8 +35,14 @@ class Inference(ABC):
     def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
         """FLOPs of one iteration over ``samples`` samples, per replica."""
 
+    def setup_flops(self, samples: int, latents: int, dim: int) -> Flops:
+        """FLOPs spent once per call before iterating (e.g. a Gram matrix), per replica."""
+        return Flops()
+
     def flops(self, samples: int, latents: int, dim: int) -> Flops:
-        return self.iteration_flops(samples, latents, dim) * self.iterations
+        """Total FLOPs of one call with the configured iteration budget, per replica."""
+        setup = self.setup_flops(samples, latents, dim)
+        return setup + self.iteration_flops(samples, latents, dim) * self.iterations
 
 
 def register_inference(cls: type[Inference]) -> type[Inference]:
