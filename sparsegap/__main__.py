@@ -6,6 +6,7 @@ configuration (before anything runs), 1 when the run fails (its metrics so far s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,11 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sparsegap.config import ConfigError, register_configs, to_container, validate
+from sparsegap.config import ConfigError, fill_defaults, register_configs, to_container, validate
+from sparsegap.runtime import keep_freed_memory
 from sparsegap.tracking import Tracker
 
 register_configs()
-
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -36,6 +37,8 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
     from sparsegap.train import build, train  # heavy imports after validation
 
     validate(cfg)
+    fill_defaults(cfg)
+    keep_freed_memory()
     if cfg.device.threads is not None:
         torch.set_num_threads(cfg.device.threads)
     logger = to_container(cfg.logger) if cfg.logger.name == "wandb" else None
@@ -48,9 +51,7 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
 
 def print_summary(tracker: Tracker, run_dir: Path) -> None:
     final = tracker.last or {}
-    rows = [
-        (k, v) for k, v in final.items() if isinstance(v, dict) and not k.startswith("dead")
-    ]
+    rows = [(k, v) for k, v in final.items() if isinstance(v, dict) and not k.startswith("dead")]
     width = max((len(k) for k, _ in rows), default=10)
     lines = [f"{'metric':<{width}}  {'mean':>10}  {'std':>9}"]
     lines += [f"{k:<{width}}  {v['mean']:>10.4g}  {v['std']:>9.3g}" for k, v in rows]
@@ -71,10 +72,9 @@ def main(cfg: DictConfig) -> float:
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     overrides = ",".join(hydra_cfg.overrides.task) or "defaults"
     name = f"{cfg.scenario.name}-{cfg.encoder.name}-{overrides}"[:120]
-    try:
+    # Outside the main thread (some launchers) signals cannot be handled: keep the default.
+    with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread (some launchers): keep the default handler
-        pass
     try:
         return run(cfg, Path(hydra_cfg.runtime.output_dir), group=group, name=name)
     except ConfigError as error:

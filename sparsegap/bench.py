@@ -50,7 +50,10 @@ class BaselineModel(nn.Module):
             self.encoder = nn.Sequential(nn.Linear(m, n, bias=False), nn.ReLU())
         elif kind == "mlp":
             self.encoder = nn.Sequential(
-                nn.Linear(m, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, n, bias=False), nn.ReLU()
+                nn.Linear(m, hidden, bias=False),
+                nn.ReLU(),
+                nn.Linear(hidden, n, bias=False),
+                nn.ReLU(),
             )
         else:
             self.log_codes = nn.Parameter(torch.full((samples, n), -10.0))
@@ -141,12 +144,17 @@ def main() -> None:
     data = make_synthetic(DataConfig())
     ito_iters = reps(1000)
     x_rows, dict_rows = data.x_test.T.contiguous(), data.dictionary.T.contiguous()
-    ito_default = timeit(lambda: baseline_ito(x_rows, dict_rows, ito_iters), 1, warmup=1) / ito_iters
+    ito_default = (
+        timeit(lambda: baseline_ito(x_rows, dict_rows, ito_iters), 1, warmup=1) / ito_iters
+    )
 
     keep_freed_memory()
     base = {n: timeit(baseline_step(k, h), reps(r)) for n, _, k, h, r in cases}
     print("Full-batch training step (1,024 samples, N=16, M=8), median ms")
-    print(f"{'encoder':<14} {'baseline 1 model':>17} {'(+allocator)':>13} {'sparsegap 5 replicas':>21} {'ratio':>7}")
+    print(
+        f"{'encoder':<14} {'baseline 1 model':>17} {'(+allocator)':>13}"
+        f" {'sparsegap 5 replicas':>21} {'ratio':>7}"
+    )
     for name, overrides, _, _, r in cases:
         ours = timeit(sparsegap_step(overrides), reps(r))
         print(
@@ -158,19 +166,25 @@ def main() -> None:
     atoms = data.dictionary.expand(5, *data.dictionary.shape).contiguous()
     inference = build_inference(InferenceConfig(iterations=ito_iters), 0.01)
     ours = timeit(lambda: inference(data.x_test, atoms), 1, warmup=1) / ito_iters
-    print(f"baseline 1 dictionary {ito_default * 1e3:.3f} · sparsegap 5 replicas {ours * 1e3:.3f}"
-          f" · ratio {ours / ito_default:.3f} · 10,000 iterations: {ours * 1e4:.2f} s")
+    print(
+        f"baseline 1 dictionary {ito_default * 1e3:.3f} · sparsegap 5 replicas {ours * 1e3:.3f}"
+        f" · ratio {ours / ito_default:.3f} · 10,000 iterations: {ours * 1e4:.2f} s"
+    )
 
     print("\nLatent MCC, one call, ms")
     g = torch.Generator().manual_seed(0)
     for n in (16, 256):
         true = torch.randn(1024, n, generator=g).relu()
         learned = torch.randn(1024, n, generator=g).relu()
-        ours = timeit(lambda: latent_mcc(true.T, learned.T.unsqueeze(0)), reps(50))
+        columns, rows = true.T.contiguous(), learned.T.unsqueeze(0).contiguous()
+        ours = timeit(lambda c=columns, r=rows: latent_mcc(c, r), reps(50))
         naive_reps = 3 if n == 16 else 1
-        naive = timeit(lambda: baseline_mcc(true.numpy(), learned.numpy()), naive_reps, warmup=1)
-        print(f"1,024 × {n:<4} per-pair baseline {naive * 1e3:>9.1f} · sparsegap {ours * 1e3:>7.3f}"
-              f" · speed-up {naive / ours:>8.0f}×")
+        t, lrn = true.numpy(), learned.numpy()
+        naive = timeit(lambda t=t, lrn=lrn: baseline_mcc(t, lrn), naive_reps, warmup=1)
+        print(
+            f"1,024 × {n:<4} per-pair baseline {naive * 1e3:>9.1f} · sparsegap {ours * 1e3:>7.3f}"
+            f" · speed-up {naive / ours:>8.0f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ pairs, device availability) and raises ``ConfigError`` with the key, the value a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -36,7 +36,9 @@ class DataConfig:
     K: int = 3  # active sources per sample, support drawn uniformly without replacement
     train_samples: int = 1024
     test_samples: int = 1024
-    magnitude: str = "abs_normal"  # law of the active values: abs_normal | normal | exponential | uniform
+    magnitude: str = (
+        "abs_normal"  # law of the active values: abs_normal | normal | exponential | uniform
+    )
     noise_std: float = 0.0  # standard deviation of additive Gaussian noise on X
     seed: int = 0  # data seed; the replicas share the data and differ only in initialisation
 
@@ -48,9 +50,9 @@ class InferenceConfig:
     name: str = "adam_log"  # algorithm from sparsegap.inference
     iterations: int = 10_000  # iterations per inference call
     lr: float = 3e-3  # step size of the optimiser
-    l1_coeff: Optional[float] = None  # L1 weight of the inference objective; null = top-level l1_coeff
+    l1_coeff: float | None = None  # L1 weight of the inference objective; null = top-level l1_coeff
     init_log: float = -10.0  # log-parametrised codes start at exp(init_log) when not warm-started
-    k: Optional[int] = None  # atom budget of the pursuits (mp, omp, gp); null = data.K (set by the encoder)
+    k: int | None = None  # atom budget of mp, omp and gp; null = data.K (passed by the encoder)
     nonnegative: bool = True  # ista, fista and the pursuits: constrain codes to S >= 0
     restart: bool = True  # fista: adaptive (gradient) restart of the momentum, per sample
     tolerance: float = 0.0  # stop once the relative change of the codes falls below it; 0 = never
@@ -61,7 +63,7 @@ class EncoderConfig:
     """Fields shared by every encoder."""
 
     name: str = MISSING  # registry name, see sparsegap.encoders
-    latents: Optional[int] = None  # number of learned latents; null = data.N
+    latents: int | None = None  # number of learned latents; null = data.N
     bias: bool = False  # add biases to the encoder layers (App. E: no significant effect)
     normalise_decoder: bool = True  # keep learned decoder atoms at unit norm (paper §3.3)
 
@@ -111,7 +113,7 @@ class ScenarioConfig:
 @dataclass
 class DeviceConfig:
     name: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | mps
-    threads: Optional[int] = None  # torch intra-op threads on CPU; null = torch's default
+    threads: int | None = None  # torch intra-op threads on CPU; null = torch's default
 
 
 @dataclass
@@ -121,8 +123,8 @@ class LoggerConfig:
     name: str = "wandb"  # wandb | none
     mode: str = "${oc.env:WANDB_MODE,offline}"  # offline (default) | online | disabled
     project: str = "sparsegap"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # null = the multirun's sweep folder name (single runs: no group)
+    entity: str | None = None
+    group: str | None = None  # null = the multirun's sweep folder name (single runs: no group)
     tags: list[str] = field(default_factory=list)
 
 
@@ -211,6 +213,9 @@ def validate(cfg: DictConfig) -> None:
         _choice("encoder.inference.name", inf.name, tuple(INFERENCE))
         _need(inf.iterations >= 0, "encoder.inference.iterations", inf.iterations, "must be >= 0")
         _need(inf.lr > 0, "encoder.inference.lr", inf.lr, "must be positive")
+        if inf.k is not None:
+            allowed = f"must be between 1 and the number of latents ({latents_of(cfg)}), or null"
+            _need(1 <= inf.k <= latents_of(cfg), "encoder.inference.k", inf.k, allowed)
         if inf.l1_coeff is not None:
             _need(inf.l1_coeff >= 0, "encoder.inference.l1_coeff", inf.l1_coeff, "must be >= 0")
 
@@ -232,19 +237,32 @@ def validate(cfg: DictConfig) -> None:
     _need(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "must be at least 1")
     _need(cfg.lr > 0, "lr", cfg.lr, "must be positive")
     _need(cfg.l1_coeff >= 0, "l1_coeff", cfg.l1_coeff, "must be >= 0")
-    _choice("metrics.dictionary_similarity", cfg.metrics.dictionary_similarity, DICTIONARY_SIMILARITIES)
+    _choice(
+        "metrics.dictionary_similarity", cfg.metrics.dictionary_similarity, DICTIONARY_SIMILARITIES
+    )
 
     _choice("device.name", cfg.device.name, DEVICES)
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda is invalid: no CUDA GPU is visible here; use device=cpu or auto")
+        raise ConfigError(
+            "device=cuda is invalid: no CUDA GPU is visible here; use device=cpu or auto"
+        )
     if cfg.device.name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps is invalid: MPS is not available here; use device=cpu or auto")
+        raise ConfigError(
+            "device=mps is invalid: MPS is not available here; use device=cpu or auto"
+        )
     if cfg.device.threads is not None:
         _need(cfg.device.threads >= 1, "device.threads", cfg.device.threads, "must be at least 1")
 
     _choice("logger.name", cfg.logger.name, ("wandb", "none"))
     if cfg.logger.name == "wandb":
         _choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
+
+
+def fill_defaults(cfg: DictConfig) -> None:
+    """Resolve the defaults that depend on other keys, so the logged config shows real values:
+    a pursuit algorithm's atom budget ``encoder.inference.k`` defaults to ``data.K``."""
+    if "inference" in cfg.encoder and cfg.encoder.inference.k is None:
+        cfg.encoder.inference.k = cfg.data.K
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -54,13 +54,17 @@ def adam_update(parameters: int) -> Flops:
     return Flops(elementwise=ADAM_FLOPS_PER_PARAM * parameters)
 
 
-def reconstruction_loss(latents: int, dim: int, samples: int, decoder_grad: bool) -> tuple[Flops, Flops]:
+def reconstruction_loss(
+    latents: int, dim: int, samples: int, decoder_grad: bool
+) -> tuple[Flops, Flops]:
     """Forward and backward of mean((D·S - X)^2) + l1·mean(S) for one replica.
 
     Forward: decode (matmul), residual, square, two means, L1. Backward: gradient to the codes
     (matmul), plus the decoder gradient when the decoder is learned.
     """
-    forward = linear_forward(latents, dim, samples) + Flops(elementwise=3 * dim * samples + 2 * latents * samples)
+    forward = linear_forward(latents, dim, samples) + Flops(
+        elementwise=3 * dim * samples + 2 * latents * samples
+    )
     backward = linear_backward(latents, dim, samples, input_grad=True)
     if not decoder_grad:
         backward = Flops(matmul=backward.matmul // 2, elementwise=backward.elementwise)

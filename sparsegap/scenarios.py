@@ -87,7 +87,7 @@ class _Reconstruction(torch.autograd.Function):
 
 
 def reconstruction(codes: Tensor, atoms: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(mse, mean(codes)) per replica for non-negative codes (R, L, B), atoms (R, M, L), x (M, B)."""
+    """(mse, mean(codes)) per replica: non-negative codes (R, L, B), atoms (R, M, L), x (M, B)."""
     return _Reconstruction.apply(codes, atoms, x)
 
 

@@ -65,7 +65,7 @@ class Tracker:
         self.started = time.time()
         self.last: dict[str, Any] | None = None
         self.best: dict[str, float] = {}
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finish)
         self._write_summary("running")
         self.wandb_run = self._start_wandb(logger, group, name) if logger else None
 

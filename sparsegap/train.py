@@ -54,7 +54,9 @@ class Model:
         params = self.encoder.parameters_per_replica()
         if self.decoder is not None:
             learned = self.decoder.learned
-            forward, backward = reconstruction_loss(self.encoder.latents, self.encoder.dim, samples, learned)
+            forward, backward = reconstruction_loss(
+                self.encoder.latents, self.encoder.dim, samples, learned
+            )
             step += forward + backward + self.decoder.step_flops()
             params += self.encoder.dim * self.encoder.latents if learned else 0
         else:  # cosine regression: normalise both sides, dot products, and their gradient
@@ -112,7 +114,9 @@ def evaluate(model: Model, step: int, train_flops: Flops, started: float) -> Rec
     }
     if decoder is not None and decoder.learned:
         similarity = model.cfg.metrics.dictionary_similarity
-        record["dictionary_mcc"] = metrics.dictionary_mcc(data.dictionary, decoder.weight, similarity).tolist()
+        record["dictionary_mcc"] = metrics.dictionary_mcc(
+            data.dictionary, decoder.weight, similarity
+        ).tolist()
     for split, x, true, codes in (
         ("train", data.x_train, data.codes_train, codes_train),
         ("test", data.x_test, data.codes_test, codes_test),
@@ -123,7 +127,9 @@ def evaluate(model: Model, step: int, train_flops: Flops, started: float) -> Rec
         record[f"l1/{split}"] = metrics.l1(codes).tolist()
     record["dead_latents/test"] = metrics.dead_latents(codes_test).tolist()
     if not all(torch.isfinite(torch.tensor(record["loss/total/train"]))):
-        raise NonFiniteLoss(f"training loss is not finite at step {step}: {record['loss/total/train']}")
+        raise NonFiniteLoss(
+            f"training loss is not finite at step {step}: {record['loss/total/train']}"
+        )
     return record
 
 

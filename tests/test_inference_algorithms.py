@@ -152,16 +152,16 @@ def test_shapes_signs_and_batch_independence(name, nonnegative):
 def test_nonnegative_omp_recovers_exact_sparse_codes(seed):
     """Noise-free K-sparse data, well-conditioned dictionary (least coherent of 200 draws):
     brute force recovers every code; NN-OMP recovers the exact support and codes for most
-    samples (measured 38/40, 35/40, 36/40 for seeds 0, 1, 2: 91% overall), and wherever it
-    finds the support its codes are the brute-force ones."""
+    samples (measured 32/40, 32/40, 38/40 for seeds 0, 1, 2; 344/400 = 86% over seeds 0-9),
+    and wherever it finds the support its codes are the brute-force ones."""
     x, atoms, truth = exact_problem(seed)
-    best, residual = brute_force(x, atoms)
+    best, _ = brute_force(x, atoms)
     torch.testing.assert_close(best, truth, atol=1e-6, rtol=1e-6)
     codes = infer("omp", x.float(), atoms.float(), k=K).double()
     found = ((codes != 0) == (truth != 0)).all(dim=1)
     exact = (codes - best).abs().amax(dim=1) < 1e-4
     assert (exact == found).all()
-    assert found.double().mean() >= 0.8, f"OMP recovered {found.double().mean():.0%} of samples"
+    assert found.double().mean() >= 0.75, f"OMP recovered {found.double().mean():.0%} of samples"
 
 
 @pytest.mark.parametrize("nonnegative", [True, False])
@@ -172,9 +172,7 @@ def test_omp_codes_are_least_squares_on_their_support(nonnegative):
     codes = infer("omp", x, atoms, k=K, nonnegative=nonnegative)  # float64
     assert ((codes != 0).sum(dim=1) <= K).all()
     for r, b in itertools.product(range(2), range(B)):
-        support = codes[r, :, b].nonzero().flatten().tolist()
-        # OMP's NNLS may zero a selected atom; refit on every atom it selected is not observable,
-        # so refit on the non-zero ones and also check the KKT conditions on all atoms below.
+        support = codes[r, :, b].nonzero().flatten().tolist()  # (NNLS may zero a selected atom)
         d = atoms[r][:, support].numpy()
         if nonnegative:
             expected, _ = nnls(d, x[:, b].numpy())
@@ -184,6 +182,56 @@ def test_omp_codes_are_least_squares_on_their_support(nonnegative):
     # The residual is orthogonal to the support atoms with non-zero coefficient.
     corr = atoms.transpose(1, 2) @ (x - atoms @ codes)
     assert corr[codes != 0].abs().max() < 1e-8
+
+
+def reference_pursuit(name, x, d, k, nonnegative):
+    """One sample at a time, straight from the papers, in NumPy: MP, OMP (NNLS or least squares
+    on the support) or GP (one exact line-search gradient step on the support per atom)."""
+    coef = np.zeros(d.shape[1])
+    floor = 1e3 * np.finfo(np.float64).eps * np.linalg.norm(x)
+    support: list[int] = []
+    for _ in range(k):
+        corr = d.T @ (x - d @ coef)
+        score = corr.copy() if nonnegative else np.abs(corr)
+        if name == "omp":
+            score[support] = -np.inf
+        pick = int(np.argmax(score))
+        if score[pick] > floor and pick not in support:
+            support.append(pick)
+        if name == "mp":
+            if score[pick] > floor:
+                coef[pick] += corr[pick]
+        elif name == "omp":
+            if score[pick] <= floor:
+                break
+            sub = d[:, support]
+            fit = nnls(sub, x)[0] if nonnegative else np.linalg.lstsq(sub, x, rcond=None)[0]
+            coef[:] = 0
+            coef[support] = fit
+        else:
+            direction = np.zeros_like(coef)
+            direction[support] = corr[support]
+            if nonnegative:
+                direction[(coef <= 0) & (direction < 0)] = 0
+            curvature = np.sum((d @ direction) ** 2)
+            step = direction @ direction / curvature if curvature > 0 else 0.0
+            if nonnegative and (direction < 0).any():
+                shrinking = direction < 0
+                step = min(step, np.min(coef[shrinking] / -direction[shrinking]))
+            coef = coef + step * direction
+            coef = np.maximum(coef, 0) if nonnegative else coef
+    return coef
+
+
+@pytest.mark.parametrize("name", PURSUITS)
+@pytest.mark.parametrize("nonnegative", [True, False])
+def test_pursuits_match_a_per_sample_reference(name, nonnegative):
+    """The batched pursuits equal a per-sample NumPy transcription of each algorithm (float64)."""
+    x, atoms = noisy_problem(2)
+    codes = infer(name, x, atoms, k=K, nonnegative=nonnegative)
+    for r, b in itertools.product(range(2), range(B)):
+        expected = reference_pursuit(name, x[:, b].numpy(), atoms[r].numpy(), K, nonnegative)
+        np.testing.assert_allclose(codes[r, :, b].numpy(), expected, atol=1e-9, rtol=1e-7)
 
 
 @pytest.mark.parametrize("name", PURSUITS)
@@ -214,8 +262,9 @@ def test_pursuits_agree_on_an_orthonormal_dictionary(nonnegative):
     """With orthonormal atoms MP, OMP and GP all reduce to keeping the K largest (positive)
     coefficients of Dᵀx, which is also the brute-force optimum (non-negative case)."""
     g = torch.Generator().manual_seed(6)
-    atoms = torch.stack([torch.linalg.qr(torch.randn(M, M, generator=g, dtype=torch.float64))[0]
-                         for _ in range(2)])
+    atoms = torch.stack(
+        [torch.linalg.qr(torch.randn(M, M, generator=g, dtype=torch.float64))[0] for _ in range(2)]
+    )
     x = torch.randn(M, B, generator=g, dtype=torch.float64)
     coef = atoms.transpose(1, 2) @ x
     score = coef.clamp_min(0) if nonnegative else coef.abs()
@@ -227,6 +276,25 @@ def test_pursuits_agree_on_an_orthonormal_dictionary(nonnegative):
     if nonnegative:
         best, _ = brute_force(x, atoms)
         torch.testing.assert_close(expected, best, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", PURSUITS)
+@pytest.mark.parametrize("nonnegative", [True, False])
+def test_pursuits_with_a_budget_beyond_the_dimension(name, nonnegative):
+    """k = N > M: supports become linearly dependent; codes stay finite and, for OMP, fit x."""
+    x, atoms = noisy_problem(14)
+    codes = infer(name, x.float(), atoms.float(), k=N, nonnegative=nonnegative)
+    assert torch.isfinite(codes).all() and ((codes != 0).sum(dim=1) <= N).all()
+    if name != "omp":
+        return
+    residual = residual_norms(x, atoms, codes)
+    if nonnegative:
+        # NN-OMP stops only when no correlation is positive: at the NNLS optimum over all atoms,
+        # which is at least as good as the best K-sparse fit.
+        _, best = brute_force(x, atoms)
+        assert (residual <= best + 1e-4).all()
+    else:
+        assert (residual < 1e-4 * x.norm(dim=0)).all()  # M independent atoms span the space
 
 
 def test_pursuit_iterations_cap_the_budget():
@@ -242,8 +310,8 @@ def test_pursuit_iterations_cap_the_budget():
 
 def test_fista_small_l1_reaches_nnls_on_the_true_support():
     """Noise-free K-sparse data: FISTA with a small L1 weight lands on the brute-force NNLS
-    solution on the true support (correlation > 0.99 per replica, measured ≈ 0.9999)."""
-    x, atoms, truth = exact_problem(0)
+    solution on the true support (correlation > 0.99 per replica, measured 0.999998)."""
+    x, atoms, _ = exact_problem(0)
     best, _ = brute_force(x, atoms)
     codes = infer("fista", x.float(), atoms.float(), l1=1e-3, iterations=2000).double()
     for r in range(2):
@@ -321,8 +389,10 @@ def test_tolerance_stops_early():
     full = infer("ista", x, atoms, l1=0.05, iterations=500)
     early = infer("ista", x, atoms, l1=0.05, iterations=500, tolerance=0.05)
     assert not torch.equal(early, full)
-    stopped = [n for n in range(1, 50) if torch.equal(early, infer("ista", x, atoms, l1=0.05, iterations=n))]
-    assert stopped, "a tolerance of 5% should stop ISTA within 50 iterations"
+    runs = {n: infer("ista", x, atoms, l1=0.05, iterations=n) for n in range(1, 50)}
+    assert any(torch.equal(early, run) for run in runs.values()), (
+        "a tolerance of 5% should stop ISTA within 50 iterations"
+    )
     one_atom = infer("omp", x, atoms, k=K, tolerance=1e9)
     assert ((one_atom != 0).sum(dim=1) <= 1).all()
 

@@ -19,7 +19,10 @@ from sparsegap.config import DataConfig
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """Train/test split of one synthetic problem. Shapes: x (M, B), codes (N, B), dictionary (M, N)."""
+    """Train/test split of one synthetic problem.
+
+    Shapes: x (M, B), codes (N, B), dictionary (M, N).
+    """
 
     x_train: Tensor
     x_test: Tensor
@@ -28,9 +31,18 @@ class SyntheticData:
     dictionary: Tensor
 
     def to(self, device: torch.device) -> SyntheticData:
-        return SyntheticData(*(t.to(device) for t in (
-            self.x_train, self.x_test, self.codes_train, self.codes_test, self.dictionary
-        )))
+        return SyntheticData(
+            *(
+                t.to(device)
+                for t in (
+                    self.x_train,
+                    self.x_test,
+                    self.codes_train,
+                    self.codes_test,
+                    self.dictionary,
+                )
+            )
+        )
 
 
 def sample_magnitudes(law: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:

@@ -22,7 +22,9 @@ def per_replica(
     return torch.stack([draw(g) for g in generators])
 
 
-def uniform_init(generators: Sequence[torch.Generator], shape: tuple[int, ...], bound: float) -> Tensor:
+def uniform_init(
+    generators: Sequence[torch.Generator], shape: tuple[int, ...], bound: float
+) -> Tensor:
     return per_replica(generators, lambda g: (torch.rand(shape, generator=g) * 2 - 1) * bound)
 
 

@@ -21,9 +21,11 @@ class SAE(Encoder):
         return self.linear(x).relu()
 
     def forward_flops(self, samples: int) -> Flops:
-        return linear_forward(self.dim, self.latents, samples, self.cfg.bias) + relu(self.latents, samples)
-
-    def backward_flops(self, samples: int) -> Flops:
-        return linear_backward(self.dim, self.latents, samples, input_grad=False, bias=self.cfg.bias) + relu(
+        return linear_forward(self.dim, self.latents, samples, self.cfg.bias) + relu(
             self.latents, samples
         )
+
+    def backward_flops(self, samples: int) -> Flops:
+        return linear_backward(
+            self.dim, self.latents, samples, input_grad=False, bias=self.cfg.bias
+        ) + relu(self.latents, samples)

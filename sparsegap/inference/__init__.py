@@ -4,8 +4,8 @@ Each algorithm is one module holding an ``Inference`` subclass registered by nam
 that infer codes at test time (sparse coding, SAE+ITO) select one with ``encoder.inference.name``.
 """
 
+# Each algorithm module registers itself on import.
+from sparsegap.inference import adam_log, gradient_pursuit, ista, matching_pursuit  # noqa: F401
 from sparsegap.inference.base import INFERENCE, Inference, build_inference, register_inference
-from sparsegap.inference import adam_log  # noqa: F401  (registers itself)
-from sparsegap.inference import gradient_pursuit, ista, matching_pursuit  # noqa: F401  (register)
 
 __all__ = ["INFERENCE", "Inference", "build_inference", "register_inference"]

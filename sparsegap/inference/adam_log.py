@@ -50,7 +50,9 @@ class AdamLog(Inference):
 
     def setup_flops(self, samples: int, latents: int, dim: int) -> Flops:
         """DᵀD and DᵀX, once per call."""
-        return Flops(matmul=2 * dim * latents * (latents + samples), elementwise=2 * latents * samples)
+        return Flops(
+            matmul=2 * dim * latents * (latents + samples), elementwise=2 * latents * samples
+        )
 
     def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
         # Gram matmul, exp, offset add, chain-rule product and the Adam update (12 per code).

@@ -42,7 +42,10 @@ class ISTA(Inference):
     def threshold(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Step 1/||D||₂² and per-element threshold θ for each replica, both shaped (R, 1, 1)."""
         replicas, dim, latents = atoms.shape
-        lipschitz = torch.linalg.matrix_norm(atoms, ord=2).square()
+        # A tiny SVD per replica, done on the CPU in float64 (svd is not on every backend, e.g.
+        # MPS): the same step on every device, at the cost of one small transfer per call.
+        norm = torch.linalg.matrix_norm(atoms.detach().cpu().double(), ord=2)
+        lipschitz = norm.square().to(device=atoms.device, dtype=atoms.dtype)
         step = lipschitz.clamp_min(torch.finfo(atoms.dtype).tiny).reciprocal().view(replicas, 1, 1)
         return step, step * (self.l1_coeff * dim / (2 * latents))
 
@@ -122,4 +125,3 @@ def _relative_change(new: Tensor, old: Tensor) -> float:
     scale = new.flatten(1).norm(dim=1)
     ratio = torch.where(change > 0, change / scale.clamp_min(torch.finfo(new.dtype).tiny), 0.0)
     return float(ratio.max()) if ratio.numel() else 0.0
-

@@ -13,9 +13,9 @@ Both are greedy: each iteration selects the atom most correlated with the residu
 
 Everything runs in Gram form, batched over replicas and samples: the set-up computes Dᵀx and
 G = DᵀD once (the only matmuls of the first iteration); afterwards MP updates the correlations
-with one gathered column of G per sample (no matmul), and OMP (like gradient pursuit, which shares
-this machinery) recomputes them from the support, c = Dᵀx - G[:, Ω]·s_Ω, a batched matmul of
-2·L·|Ω| FLOPs per sample that grows with the support. ``flops`` sums the exact per-iteration
+with one gathered column of G per sample (no matmul), and OMP recomputes them from the previous
+support, c = Dᵀx - G[:, Ω]·s_Ω, a batched matmul of 2·L·|Ω| FLOPs per sample that grows with the
+support (gradient pursuit shares the ``Support`` machinery). ``flops`` sums the exact per-iteration
 counts; ``iteration_flops`` is the most expensive (last) iteration at the full budget.
 
 The L1 weight plays no role here (the budget K is the sparsity control); ``init`` is ignored.
@@ -135,10 +135,11 @@ class OrthogonalMatchingPursuit(Pursuit):
                 break
             previous = support.coef
             support.add(pick, ok)
+            gram, rhs = support.gram(), support.rhs()
             if self.nonnegative:
-                support.coef = nnls(support.gram(), support.rhs(), support.valid, support.coef, support.floor)
+                support.coef = nnls(gram, rhs, support.valid, support.coef, support.floor)
             else:
-                support.coef = masked_solve(support.gram(), support.rhs(), support.valid)
+                support.coef = masked_solve(gram, rhs, support.valid)
             if self.tolerance > 0 and support.relative_change(previous) < self.tolerance:
                 break
         return support.codes()
@@ -164,7 +165,9 @@ def prepare(x: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return gram, corr0, floor
 
 
-def select(corr: Tensor, nonnegative: bool, exclude: Tensor | None, floor: Tensor) -> tuple[Tensor, Tensor]:
+def select(
+    corr: Tensor, nonnegative: bool, exclude: Tensor | None, floor: Tensor
+) -> tuple[Tensor, Tensor]:
     """Best atom per sample, (R, B) indices, and whether it is a real (non-zero) selection."""
     score = corr if nonnegative else corr.abs()
     if exclude is not None:
@@ -201,8 +204,10 @@ class Support:
         self.chosen.scatter_(-1, pick[..., None], (new | already)[..., None])
         self.index = torch.cat([self.index, pick[..., None]], dim=-1)
         self.valid = torch.cat([self.valid, new[..., None]], dim=-1)
-        self.coef = torch.cat([self.coef, torch.zeros_like(pick[..., None], dtype=self.coef.dtype)], -1)
-        self.rows = torch.cat([self.rows, self.gram_full[self._replica, pick][..., None, :]], dim=-2)
+        zero = torch.zeros_like(pick[..., None], dtype=self.coef.dtype)
+        self.coef = torch.cat([self.coef, zero], dim=-1)
+        row = self.gram_full[self._replica, pick]  # G[pick, :], (R, B, L)
+        self.rows = torch.cat([self.rows, row[..., None, :]], dim=-2)
         return new
 
     def gram(self) -> Tensor:
@@ -230,9 +235,7 @@ class Support:
 
     def codes(self) -> Tensor:
         """Dense codes (R, L, B)."""
-        dense = torch.zeros(
-            self.replicas, self.samples, self.latents, dtype=self.coef.dtype, device=self.coef.device
-        )
+        dense = self.coef.new_zeros(self.replicas, self.samples, self.latents)
         dense.scatter_add_(-1, self.index, torch.where(self.valid, self.coef, 0.0))
         return dense.transpose(1, 2).contiguous()
 
@@ -244,7 +247,8 @@ def masked_solve(gram: Tensor, rhs: Tensor, mask: Tensor) -> Tensor:
     ridge = RIDGE_EPS * eps * gram.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True).clamp_min(1.0)
     both = mask[..., :, None] & mask[..., None, :]
     diagonal = torch.where(mask, ridge, 1.0)
-    system = torch.where(both, gram, 0.0) + torch.eye(t, dtype=gram.dtype, device=gram.device) * diagonal[..., None]
+    eye = torch.eye(t, dtype=gram.dtype, device=gram.device)
+    system = torch.where(both, gram, 0.0) + eye * diagonal[..., None]
     solution = torch.linalg.solve_ex(system, torch.where(mask, rhs, 0.0)[..., None])[0].squeeze(-1)
     return torch.where(mask, solution, 0.0)
 
