@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: run test test-slow bench lint format clean
+.PHONY: run test test-slow test-gpu bench lint format clean
 
 $(PY):
 	python3 -m venv .venv
@@ -21,10 +21,13 @@ run: $(STAMP)
 	$(PY) -m sparsegap device=cpu
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not gpu"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu
 
 bench: $(STAMP)
 	$(PY) -m sparsegap.bench

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sparsegap.encoders.layers import per_replica, uniform_init
+from sparsegap.encoders.layers import per_replica
 from sparsegap.flops import Flops, renormalise_columns
 
 
 class Decoder(nn.Module):
     """Dictionary of shape (R, M, L): one column (atom) per latent, one dictionary per replica.
 
-    ``init``: ``uniform`` is nn.Linear's initialisation (the authors' SAE/MLP decoders),
-    ``normal`` a standard Gaussian (their sparse coding). ``fixed`` replaces learning with a given
-    (M, L) dictionary shared by all replicas (the known-dictionary scenario).
+    Learned atoms start Gaussian (the authors' code, for every encoder), i.e. uniformly random
+    directions once normalised. ``fixed`` replaces learning with a given (M, L) dictionary
+    shared by all replicas (the known-dictionary scenario).
     """
 
     def __init__(
@@ -24,7 +24,6 @@ class Decoder(nn.Module):
         dim: int,
         latents: int,
         generators: Sequence[torch.Generator],
-        init: str = "uniform",
         normalise: bool = True,
         fixed: Tensor | None = None,
     ) -> None:
@@ -33,11 +32,9 @@ class Decoder(nn.Module):
         self.learned = fixed is None
         if fixed is not None:
             self.register_buffer("weight", fixed.expand(len(generators), *fixed.shape).clone())
-        elif init == "normal":
+        else:
             weight = per_replica(generators, lambda g: torch.randn(dim, latents, generator=g))
             self.weight = nn.Parameter(weight)
-        else:
-            self.weight = nn.Parameter(uniform_init(generators, (dim, latents), 1 / latents**0.5))
         self.renormalise_()
 
     @torch.no_grad()

@@ -52,6 +52,8 @@ def latent_mcc(true_codes: Tensor, codes: Tensor) -> Tensor:
 def dictionary_mcc(true_dictionary: Tensor, atoms: Tensor, similarity: str = "pearson") -> Tensor:
     """MCC between true atoms (M, N) and learned atoms (R, M, L), matched like latents. The
     authors' ``pearson`` centres each atom over its M coordinates; ``cosine`` does not."""
+    if similarity not in ("pearson", "cosine"):
+        raise ValueError(f"similarity must be 'pearson' or 'cosine', not {similarity!r}")
     fn = pearson_matrix if similarity == "pearson" else cosine_matrix
     return matched_mean(fn(true_dictionary.T, atoms.transpose(1, 2)))
 

@@ -84,7 +84,6 @@ def build(cfg: DictConfig) -> Model:
             cfg.data.M,
             latents,
             generators,
-            init=encoder.decoder_init,
             normalise=cfg.encoder.normalise_decoder,
             fixed=data.dictionary if scenario.decoder == "fixed" else None,
         )

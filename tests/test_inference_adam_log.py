@@ -142,11 +142,6 @@ def test_zero_iterations_returns_clamped_init() -> None:
     torch.testing.assert_close(cold, torch.full_like(cold, math.exp(-4.0)), rtol=1e-6, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="package bug: AdamLog allocates its state in the default dtype, not x's",
-)
 def test_float64_inputs() -> None:
     x, atoms = _problem(7)
     x, atoms = x.double(), atoms.double()

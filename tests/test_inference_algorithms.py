@@ -448,7 +448,7 @@ def test_matmul_flops_match_the_counter(name):
 # --- devices ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu  # `make test-gpu` on a machine with a CUDA GPU
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_cuda_matches_cpu(name):
     x, atoms = noisy_problem(13)

@@ -22,7 +22,6 @@ ENCODERS: dict[str, type[Encoder]] = {}
 
 class Encoder(nn.Module):
     name: ClassVar[str]
-    decoder_init: ClassVar[str] = "uniform"  # how a learned decoder for this encoder starts
 
     def __init__(
         self,

@@ -15,7 +15,6 @@ from sparsegap.inference import build_inference
 @register_encoder
 class SparseCoding(Encoder):
     name = "sparse_coding"
-    decoder_init = "normal"
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

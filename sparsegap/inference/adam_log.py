@@ -2,7 +2,7 @@
 
 The gradient is written out by hand instead of using autograd: the objective is a two-matmul
 expression and this loop runs ten thousand times per evaluation, so the autograd graph would cost
-more than the arithmetic. tests/test_inference.py checks it against autograd.
+more than the arithmetic. tests/test_inference_adam_log.py checks it against autograd.
 """
 
 from __future__ import annotations
@@ -26,34 +26,54 @@ class AdamLog(Inference):
         replicas, dim, latents = atoms.shape
         samples = x.shape[1]
         if init is None:
-            log_codes = torch.full((replicas, latents, samples), self.cfg.init_log, device=x.device)
+            shape = (replicas, latents, samples)
+            log_codes = torch.full(shape, self.cfg.init_log, dtype=x.dtype, device=x.device)
         else:
-            log_codes = init.clamp_min(math.exp(self.cfg.init_log)).log()
-        # Gradient of the objective w.r.t. S, with the Gram form of Dᵀ(DS - X) = (DᵀD)S - DᵀX:
-        #   c·(DᵀD)S - c·DᵀX + l1/(L·B),  c = 2/(M·B).
-        # DᵀD and DᵀX are computed once, leaving one batched matmul per iteration.
+            log_codes = init.to(x.dtype).clamp_min(math.exp(self.cfg.init_log)).log()
+        # dL/dS = c·Dᵀ(DS - X) + l1/(L·B) with c = 2/(M·B). When L ≤ 2M the Gram form
+        # c·(DᵀD)S - c·DᵀX is cheaper: DᵀD and DᵀX are computed once, leaving one batched
+        # matmul per iteration instead of two.
         scale = 2.0 / (dim * samples)
+        l1_grad = self.l1_coeff / (latents * samples)
         atoms_t = atoms.transpose(1, 2)
-        gram = torch.bmm(atoms_t, atoms).mul_(scale)
-        offset = torch.matmul(atoms_t, x).mul_(-scale).add_(self.l1_coeff / (latents * samples))
+        gram = _use_gram(latents, dim)
+        if gram:
+            gram_matrix = torch.bmm(atoms_t, atoms).mul_(scale)
+            offset = torch.matmul(atoms_t, x).mul_(-scale).add_(l1_grad)
+        else:
+            residual = torch.empty(replicas, dim, samples, dtype=x.dtype, device=x.device)
+            atoms_t = atoms_t.mul(scale)
 
         codes = torch.empty_like(log_codes)
         log_codes.grad = torch.empty_like(log_codes)
         optimiser = Adam([log_codes], lr=self.cfg.lr)
         for _ in range(self.iterations):
             torch.exp(log_codes, out=codes)
+            if gram:
+                torch.baddbmm(offset, gram_matrix, codes, out=log_codes.grad)
+            else:
+                torch.matmul(atoms, codes, out=residual).sub_(x)
+                torch.matmul(atoms_t, residual, out=log_codes.grad).add_(l1_grad)
             # Chain rule through S = exp(log S): d/dlogS = S ⊙ dL/dS (and |S| = S since S > 0).
-            torch.baddbmm(offset, gram, codes, out=log_codes.grad).mul_(codes)
+            log_codes.grad.mul_(codes)
             optimiser.step()
         log_codes.grad = None
         return log_codes.exp_()
 
     def setup_flops(self, samples: int, latents: int, dim: int) -> Flops:
-        """DᵀD and DᵀX, once per call."""
+        """DᵀD and DᵀX once per call (Gram form only)."""
+        if not _use_gram(latents, dim):
+            return Flops(elementwise=dim * latents)
         return Flops(
             matmul=2 * dim * latents * (latents + samples), elementwise=2 * latents * samples
         )
 
     def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
-        # Gram matmul, exp, offset add, chain-rule product and the Adam update (12 per code).
-        return Flops(matmul=2 * latents * latents * samples, elementwise=15 * latents * samples)
+        # exp, gradient matmul(s), chain-rule product and the Adam update (12 per code).
+        if _use_gram(latents, dim):
+            return Flops(matmul=2 * latents * latents * samples, elementwise=15 * latents * samples)
+        return Flops(matmul=4 * dim * latents * samples, elementwise=(dim + 15 * latents) * samples)
+
+
+def _use_gram(latents: int, dim: int) -> bool:
+    return latents <= 2 * dim

@@ -1,0 +1,58 @@
+"""The real entry point in subprocesses: single runs, multiruns, and a run killed mid-way."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import read_metrics, read_summary, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_single_run_writes_metrics_summary_and_offline_wandb(tmp_path):
+    result = run_cli(["steps=40", "eval_every=20", "replicas=2", "hydra.run.dir=run"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    assert [r["step"] for r in read_metrics(run_dir)] == [0, 20, 40]
+    assert read_summary(run_dir)["status"] == "completed"
+    assert "latent_mcc/test" in result.stdout  # the final summary table
+
+
+def test_multirun_one_folder_per_job_sharing_a_wandb_group(tmp_path):
+    result = run_cli(
+        ["-m", "data.K=2,3", "steps=20", "eval_every=10", "replicas=1", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    ks = sorted(read_summary(j)["config"]["data"]["K"] for j in jobs)
+    assert ks == [2, 3]
+    assert all(read_summary(j)["status"] == "completed" for j in jobs)
+
+
+def test_killed_run_keeps_its_metrics_and_is_marked_failed(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparsegap", "steps=1000000", "eval_every=200", "replicas=1",
+         "logger=none", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count("\n") < 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed", stderr
+    assert "terminated by signal" in summary["error"]
+    lines = metrics.read_text().splitlines()
+    assert len(lines) >= 2
+    assert all(json.loads(line)["step"] % 200 == 0 for line in lines)  # every line complete
