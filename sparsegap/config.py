@@ -228,8 +228,8 @@ def validate(cfg: DictConfig) -> None:
         )
     if scenario.needs_matching_latents and latents_of(cfg) != d.N:
         raise ConfigError(
-            f"encoder.latents={e.latents} is invalid for scenario={cfg.scenario.name}: it compares"
-            f" codes with the true ones, so it needs data.N={d.N} latents (or null)"
+            f"encoder.latents={e.latents} is invalid for scenario={cfg.scenario.name}: its codes"
+            f" are tied to the true sources, so it needs data.N={d.N} latents (or null)"
         )
 
     _need(cfg.steps >= 0, "steps", cfg.steps, "must be >= 0")

@@ -113,6 +113,7 @@ SCENARIOS: dict[str, Scenario] = {
                 " the known dictionary), so use encoder=sae_ito (paper §3.5)."
             ),
             decoder="fixed",
+            needs_matching_latents=True,
         ),
         Scenario(
             name="unknown",

@@ -47,8 +47,15 @@ class Model:
         atoms = self.decoder.weight if self.decoder is not None else None
         return self.scenario.loss(codes, x, true_codes, atoms, self.cfg.l1_coeff)
 
+    @property
+    def trains(self) -> bool:
+        learned = self.decoder is not None and self.decoder.learned
+        return self.encoder.needs_training(learned)
+
     def train_step_flops(self) -> Flops:
-        """FLOPs of one full-batch training step, per replica."""
+        """FLOPs of one full-batch training step, per replica (0 when nothing trains)."""
+        if not self.trains:
+            return Flops()
         samples = self.data.x_train.shape[1]
         step = self.encoder.forward_flops(samples) + self.encoder.backward_flops(samples)
         params = self.encoder.parameters_per_replica()
@@ -147,6 +154,8 @@ def make_step(model: Model) -> Callable[[], None]:
     loss_fn = torch.compile(objective) if cfg.compile else objective
 
     def step() -> None:
+        if not model.trains:
+            return
         if decoder is not None:
             decoder.renormalise_()
         optimiser.zero_grad()

@@ -76,9 +76,15 @@ def test_impossible_scenario_encoder_pair_says_why_and_what_applies(scenario, en
     assert "Encoders for this scenario:" in message
 
 
-def test_known_codes_needs_as_many_latents_as_sources():
-    with pytest.raises(ConfigError, match=r"encoder\.latents=10"):
-        validate(compose_config(["scenario=known_codes", "encoder.latents=10"]))
+@pytest.mark.parametrize("scenario", ["known_codes", "known_dictionary"])
+def test_known_codes_or_dictionary_need_as_many_latents_as_sources(scenario):
+    with pytest.raises(ConfigError, match=r"encoder\.latents=10 .* needs data\.N=16 latents"):
+        validate(compose_config([f"scenario={scenario}", "encoder.latents=10"]))
+
+
+def test_unknown_scenario_allows_other_latent_counts(tmp_path):
+    validate(compose_config(["encoder.latents=10"]))
+    validate(compose_config(["encoder.latents=24"]))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -120,6 +120,27 @@ def test_sae_ito_from_sae_codes_differs_from_scratch(tmp_path):
     assert sae != pytest.approx(scratch, abs=1e-3)
 
 
+def test_ito_from_scratch_with_known_dictionary_trains_nothing(tmp_path):
+    cfg = compose_config(
+        ["scenario=known_dictionary", "encoder=sae_ito", "encoder.init=scratch",
+         "encoder.inference.iterations=20"]
+    )  # fmt: skip
+    run(cfg, tmp_path)
+    records = read_metrics(tmp_path)
+    assert all(r["flops/train_cumulative"] == 0 for r in records)
+    assert records[-1]["flops/inference_test"] > 0
+    # nothing trained: identical test codes at every evaluation
+    assert records[0]["latent_mcc/test"] == records[-1]["latent_mcc/test"]
+
+
+@pytest.mark.parametrize("latents", [10, 24])
+def test_rectangular_latents_in_unknown_scenario(tmp_path, latents):
+    run(compose_config([f"encoder.latents={latents}"]), tmp_path)
+    last = read_metrics(tmp_path)[-1]
+    assert 0 < last["latent_mcc/test"]["mean"] <= 1
+    assert 0 < last["dictionary_mcc"]["mean"] <= 1
+
+
 def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
     wandb_dir = tmp_path / "wandb-dir"
     wandb_dir.mkdir()

@@ -48,6 +48,10 @@ class Encoder(nn.Module):
         simply run their forward pass."""
         return self.forward(x)
 
+    def needs_training(self, decoder_learned: bool) -> bool:
+        """Whether training steps do anything useful for the test-time codes."""
+        return True
+
     def forward_flops(self, samples: int) -> Flops:
         raise NotImplementedError
 

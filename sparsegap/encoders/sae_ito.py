@@ -21,6 +21,11 @@ class SAEITO(SAE):
         super().__init__(cfg, **kw)
         self.inference = build_inference(cfg.inference, kw["l1_coeff"])
 
+    def needs_training(self, decoder_learned: bool) -> bool:
+        # From scratch against a fixed dictionary the SAE is never used: zero training FLOPs
+        # (paper §3.5), and the loop skips its steps.
+        return self.cfg.init == "sae" or decoder_learned
+
     @torch.no_grad()
     def infer(self, x: Tensor, atoms: Tensor) -> Tensor:
         init = self.forward(x) if self.cfg.init == "sae" else None
