@@ -65,9 +65,19 @@ class Tracker:
         self.started = time.time()
         self.last: dict[str, Any] | None = None
         self.best: dict[str, float] = {}
+        self.wandb_info: dict[str, Any] | None = None
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finish)
         self._write_summary("running")
         self.wandb_run = self._start_wandb(logger, group, name) if logger else None
+        if self.wandb_run is not None:
+            self.wandb_info = {
+                "id": self.wandb_run.id,
+                "group": self.wandb_run.group,
+                "name": self.wandb_run.name,
+                "mode": logger["mode"],
+                "dir": self.wandb_run.dir,
+            }
+            self._write_summary("running")
 
     def _start_wandb(self, logger: dict[str, Any], group: str | None, name: str | None) -> Any:
         import wandb
@@ -127,6 +137,7 @@ class Tracker:
                 "final": self.last,
                 "best": self.best,
                 "config": self.config,
+                "wandb": self.wandb_info,
             },
         )
 

@@ -34,6 +34,9 @@ def test_multirun_one_folder_per_job_sharing_a_wandb_group(tmp_path):
     ks = sorted(read_summary(j)["config"]["data"]["K"] for j in jobs)
     assert ks == [2, 3]
     assert all(read_summary(j)["status"] == "completed" for j in jobs)
+    groups = {read_summary(j)["wandb"]["group"] for j in jobs}
+    assert groups == {"sweep"}  # named after the sweep folder
+    assert all(read_summary(j)["wandb"]["mode"] == "offline" for j in jobs)
 
 
 def test_killed_run_keeps_its_metrics_and_is_marked_failed(tmp_path):

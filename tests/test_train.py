@@ -149,3 +149,13 @@ def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
     runs = list(wandb_dir.rglob("offline-run-*"))
     assert runs, list(wandb_dir.rglob("*"))
     assert list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_compiled_step_agrees_with_eager(tmp_path):
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        run(compose_config(["encoder=mlp", f"compile={flag}"]), tmp_path / name)
+    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    for a, b in zip(eager, compiled, strict=True):
+        for key in ("latent_mcc/test", "loss/total/train", "dictionary_mcc"):
+            assert a[key]["replicas"] == pytest.approx(b[key]["replicas"], rel=1e-4, abs=1e-6)
