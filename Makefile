@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: run test test-slow test-gpu bench lint format clean
+.PHONY: run test test-slow test-gpu report bench bench-experiment lint format clean
 
 $(PY):
 	python3 -m venv .venv
@@ -29,8 +29,23 @@ test-slow: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
+# Tidy CSV, summary table and figures of a multirun (default: the newest under outputs/multirun):
+#   make report [DIR=outputs/multirun/<time>-<experiment>] → DIR/report/
+DIR ?= $(lastword $(sort $(wildcard outputs/multirun/*)))
+report: $(STAMP)
+	@test -n "$(DIR)" || { echo "make report DIR=<run or multirun folder>"; exit 2; }
+	$(PY) -m sparsegap.report $(DIR)
+
 bench: $(STAMP)
 	$(PY) -m sparsegap.bench
+
+# The paper's whole unknown-scenario experiment (Fig. 4: 5 encoders × 5 replicas × 40,000 steps),
+# two jobs at a time (longest first) on the local cores, one torch thread each; prints the wall time.
+bench-experiment: $(STAMP)
+	start=$$(date +%s); $(PY) -m sparsegap -m scenario=unknown \
+	  encoder=mlp_256,sparse_coding,sae_ito,mlp,sae \
+	  hydra/launcher=joblib hydra.launcher.n_jobs=2 device.threads=1 progress=false; \
+	echo "whole unknown experiment: $$(( $$(date +%s) - start )) s wall"
 
 lint: $(STAMP)
 	$(PY) -m ruff check sparsegap tests

@@ -25,6 +25,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGER_MODES = ("offline", "online", "disabled")
 DICTIONARY_SIMILARITIES = ("pearson", "cosine")
 ITO_INITS = ("sae", "scratch")
+SUPPORTS = ("fixed_k", "bernoulli")
+FREQUENCIES = ("uniform", "zipf")
+IMPORTANCES = ("none", "decay")
+DATA_DICTIONARIES = ("gaussian", "orthogonal", "coherent")
+COHERENCE_KINDS = ("mean", "max")
 
 
 @dataclass
@@ -33,7 +38,7 @@ class DataConfig:
 
     N: int = 16  # number of true sparse sources (dictionary atoms)
     M: int = 8  # number of measurements (dimension of X)
-    K: int = 3  # active sources per sample, support drawn uniformly without replacement
+    K: int = 3  # active sources per sample (fixed_k: exactly, uniformly; bernoulli: expected L0)
     train_samples: int = 1024
     test_samples: int = 1024
     magnitude: str = (
@@ -41,6 +46,26 @@ class DataConfig:
     )
     noise_std: float = 0.0  # standard deviation of additive Gaussian noise on X
     seed: int = 0  # data seed; the replicas share the data and differ only in initialisation
+    # Laws beyond the paper's (see sparsegap/data/laws.py, magnitudes.py, dictionaries.py):
+    support: str = "fixed_k"  # fixed_k (exactly K, uniformly) | bernoulli (independent, E[L0]=K)
+    frequencies: str = "uniform"  # bernoulli firing probabilities p_i: uniform | zipf, Σp_i = K
+    zipf_exponent: float = 1.0  # frequencies=zipf: p_i ∝ (i+1)^-zipf_exponent
+    magnitude_mean: float | None = None  # mean of the active values; null = the law's own
+    magnitude_std: float | None = None  # std of the active values; null = the law's own
+    magnitude_heterogeneity: float = 0.0  # η: feature i's values × exp(η·N(0,1) − η²/2); 0 = none
+    importance: str = "none"  # feature importance weights: none (ones) | decay (importance_decay^i)
+    importance_decay: float = 0.9  # r of importance=decay: weight_i = r^i (Elhage et al. 2022)
+    correlation_rank: int = 0  # Gaussian-copula factors; feature i loads on factor i mod rank
+    correlation_scale: float = 0.0  # latent correlation of features sharing a factor; 0 = none
+    hierarchy_depth: int = 0  # child levels under each root (trees of 1+b+…+b^depth); 0 = flat
+    hierarchy_branching: int = 2  # b: children per parent
+    hierarchy_exclusive: bool = False  # siblings never fire together (lowest index wins)
+    dictionary: str = "gaussian"  # gaussian | orthogonal (needs N <= M) | coherent
+    coherence_target: float = 0.3  # dictionary=coherent: target off-diagonal |cosine|
+    coherence_kind: str = "mean"  # dictionary=coherent: target the mean or the max |cosine|
+    snr_db: float | None = (
+        None  # SNR of X in dB (noise std from the signal power); null = noise_std
+    )
 
 
 @dataclass
@@ -103,6 +128,53 @@ class SAEITOConfig(EncoderConfig):
 
 
 @dataclass
+class TopKConfig(EncoderConfig):
+    """TopK SAE (Gao et al. 2024): codes = TopK_k(ReLU(W·x [+ b])) per sample; no L1 penalty."""
+
+    name: str = "topk"
+    k: int | None = None  # active latents per sample; null = data.K
+
+
+@dataclass
+class BatchTopKConfig(EncoderConfig):
+    """BatchTopK SAE (Bussmann et al. 2024): training keeps the k·B largest ReLU(W·x [+ b]) of
+    the batch; inference thresholds each sample at the running average of the smallest kept
+    activation. No L1 penalty."""
+
+    name: str = "batch_topk"
+    k: int | None = None  # mean active latents per sample; null = data.K
+    threshold_momentum: float = 0.01  # EMA weight of the threshold estimate (cumulative mean first)
+
+
+@dataclass
+class JumpReLUConfig(EncoderConfig):
+    """JumpReLU SAE (Rajamanoharan et al. 2024b): codes = z·H(z − θ), z = W·x [+ b], learned
+    θ = exp(log θ) per latent, straight-through gradients; L0 penalty instead of L1."""
+
+    name: str = "jumprelu"
+    l0_coeff: float = 0.2  # weight of mean(H(z − θ)); 0.2 gives L0 ≈ data.K in the default regime
+    bandwidth: float = 0.05  # STE rectangle-kernel width ε, in activation units (codes are O(1))
+    init_threshold: float = 0.001  # initial θ (the paper's value)
+
+
+@dataclass
+class GatedConfig(EncoderConfig):
+    """Gated SAE (Rajamanoharan et al. 2024a): codes = H(W·x + b_gate)·ReLU(exp(r_mag)·W·x +
+    b_mag); L1 on ReLU(gate) and an auxiliary reconstruction through a frozen decoder copy."""
+
+    name: str = "gated"
+    bias: bool = True  # b_gate and b_mag; without them the gate cannot threshold
+
+
+@dataclass
+class LISTAConfig(EncoderConfig):
+    """LISTA (Gregor & LeCun 2010): S_0 = ReLU(W·x − θ), S_{t+1} = ReLU(W·x + G·S_t − θ)."""
+
+    name: str = "lista"
+    layers: int = 3  # unrolled iterations T after the first layer (0 = a ReLU SAE with bias −θ)
+
+
+@dataclass
 class ScenarioConfig:
     """What is known, what is learned, and the loss (paper §3.5)."""
 
@@ -158,7 +230,17 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="data", name="data_schema", node=DataConfig)
-    for node in (SAEConfig, MLPConfig, SparseCodingConfig, SAEITOConfig):
+    for node in (
+        SAEConfig,
+        MLPConfig,
+        SparseCodingConfig,
+        SAEITOConfig,
+        TopKConfig,
+        BatchTopKConfig,
+        JumpReLUConfig,
+        GatedConfig,
+        LISTAConfig,
+    ):
         cs.store(group="encoder", name=f"{node.name}_schema", node=node)
     cs.store(group="scenario", name="scenario_schema", node=ScenarioConfig)
     cs.store(group="device", name="device_schema", node=DeviceConfig)
@@ -185,6 +267,111 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _validate_data_laws(d: DictConfig) -> None:
+    """Checks of the data laws beyond the paper's (support, frequencies, magnitudes, correlation,
+    hierarchy, dictionary, noise)."""
+    from sparsegap.data.dictionaries import gaussian_floor
+    from sparsegap.data.laws import firing_probabilities, max_expected_l0
+
+    _choice("data.support", d.support, SUPPORTS)
+    _choice("data.frequencies", d.frequencies, FREQUENCIES)
+    _need(d.zipf_exponent >= 0, "data.zipf_exponent", d.zipf_exponent, "must be >= 0")
+    if d.magnitude_std is not None:
+        _need(d.magnitude_std >= 0, "data.magnitude_std", d.magnitude_std, "must be >= 0 or null")
+    _need(
+        d.magnitude_heterogeneity >= 0,
+        "data.magnitude_heterogeneity",
+        d.magnitude_heterogeneity,
+        "must be >= 0",
+    )
+    _choice("data.importance", d.importance, IMPORTANCES)
+    _need(
+        0 < d.importance_decay <= 1,
+        "data.importance_decay",
+        d.importance_decay,
+        "must be in (0, 1]",
+    )
+    _need(
+        0 <= d.correlation_rank <= d.N,
+        "data.correlation_rank",
+        d.correlation_rank,
+        f"must be between 0 (independent) and data.N={d.N}",
+    )
+    _need(
+        0 <= d.correlation_scale < 1,
+        "data.correlation_scale",
+        d.correlation_scale,
+        "must be in [0, 1) (0 = independent)",
+    )
+    _need(d.hierarchy_depth >= 0, "data.hierarchy_depth", d.hierarchy_depth, "must be >= 0")
+    _need(
+        d.hierarchy_branching >= 1,
+        "data.hierarchy_branching",
+        d.hierarchy_branching,
+        "must be >= 1",
+    )
+    if d.support == "fixed_k":
+        extra = [
+            key
+            for key, on in (
+                ("data.frequencies", d.frequencies != "uniform"),
+                ("data.correlation_*", d.correlation_rank > 0 and d.correlation_scale > 0),
+                ("data.hierarchy_depth", d.hierarchy_depth > 0),
+            )
+            if on
+        ]
+        _need(
+            not extra, "data.support", d.support, f"{', '.join(extra)} need data.support=bernoulli"
+        )
+    elif d.hierarchy_depth > 0:
+        allowed = max_expected_l0(d)
+        _need(
+            allowed + 1e-9 >= d.K,
+            "data.K",
+            d.K,
+            f"the hierarchy (depth {d.hierarchy_depth}, branching {d.hierarchy_branching}) allows"
+            f" an expected L0 of at most {allowed:.3g}",
+        )
+    if d.support == "bernoulli":
+        p_max = firing_probabilities(d)[0].max().item()
+        key, value = (
+            ("data.zipf_exponent", d.zipf_exponent) if d.frequencies == "zipf" else ("data.K", d.K)
+        )
+        _need(
+            p_max <= 1 + 1e-9,
+            key,
+            value,
+            f"the most frequent feature would fire with probability {p_max:.3g} > 1 at data.K="
+            f"{d.K}, data.N={d.N}; lower data.zipf_exponent or data.K",
+        )
+    _choice("data.dictionary", d.dictionary, DATA_DICTIONARIES)
+    _choice("data.coherence_kind", d.coherence_kind, COHERENCE_KINDS)
+    if d.dictionary == "orthogonal":
+        _need(d.N <= d.M, "data.dictionary", d.dictionary, f"needs data.N <= data.M={d.M}")
+    if d.dictionary == "coherent":
+        _need(
+            0 < d.coherence_target < 1,
+            "data.coherence_target",
+            d.coherence_target,
+            "must be in (0, 1)",
+        )
+        floor = gaussian_floor(d.M, d.N, d.seed, d.coherence_kind)
+        _need(
+            d.coherence_target >= floor,
+            "data.coherence_target",
+            d.coherence_target,
+            f"must be at least the Gaussian atoms' {d.coherence_kind} |cosine| {floor:.4f}"
+            f" (data.seed={d.seed})",
+        )
+    if d.snr_db is not None:
+        _need(
+            d.noise_std == 0,
+            "data.snr_db",
+            d.snr_db,
+            f"cannot be combined with data.noise_std={d.noise_std}; set one of them",
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check everything Hydra's type checks cannot, before any data is generated."""
     from sparsegap.encoders import ENCODERS
@@ -199,6 +386,7 @@ def validate(cfg: DictConfig) -> None:
     _need(d.test_samples >= 2, "data.test_samples", d.test_samples, "must be at least 2")
     _choice("data.magnitude", d.magnitude, MAGNITUDES)
     _need(d.noise_std >= 0, "data.noise_std", d.noise_std, "must be non-negative")
+    _validate_data_laws(d)
 
     e = cfg.encoder
     _choice("encoder.name", e.name, tuple(ENCODERS))
@@ -208,6 +396,22 @@ def validate(cfg: DictConfig) -> None:
         _need(e.hidden >= 1, "encoder.hidden", e.hidden, "must be at least 1")
     if "init" in e:
         _choice("encoder.init", e.init, ITO_INITS)
+    if "k" in e:
+        k = e.k if e.k is not None else d.K
+        key = "encoder.k" if e.k is not None else "encoder.k (null = data.K)"
+        allowed = f"must be between 1 and the number of latents ({latents_of(cfg)}), or null"
+        _need(1 <= k <= latents_of(cfg), key, k, allowed)
+    if "threshold_momentum" in e:
+        m = e.threshold_momentum
+        _need(0 < m <= 1, "encoder.threshold_momentum", m, "must be in (0, 1]")
+    if "l0_coeff" in e:
+        _need(e.l0_coeff >= 0, "encoder.l0_coeff", e.l0_coeff, "must be >= 0")
+    if "bandwidth" in e:
+        _need(e.bandwidth > 0, "encoder.bandwidth", e.bandwidth, "must be positive")
+    if "init_threshold" in e:
+        _need(e.init_threshold > 0, "encoder.init_threshold", e.init_threshold, "must be positive")
+    if "layers" in e:
+        _need(e.layers >= 0, "encoder.layers", e.layers, "must be >= 0")
     if "inference" in e:
         inf = e.inference
         _choice("encoder.inference.name", inf.name, tuple(INFERENCE))
@@ -260,9 +464,12 @@ def validate(cfg: DictConfig) -> None:
 
 def fill_defaults(cfg: DictConfig) -> None:
     """Resolve the defaults that depend on other keys, so the logged config shows real values:
-    a pursuit algorithm's atom budget ``encoder.inference.k`` defaults to ``data.K``."""
+    a pursuit algorithm's atom budget ``encoder.inference.k`` and a TopK encoder's ``encoder.k``
+    default to ``data.K``."""
     if "inference" in cfg.encoder and cfg.encoder.inference.k is None:
         cfg.encoder.inference.k = cfg.data.K
+    if "k" in cfg.encoder and cfg.encoder.k is None:
+        cfg.encoder.k = cfg.data.K
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

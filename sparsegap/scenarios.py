@@ -10,7 +10,7 @@ the gradient it would get if trained alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +19,25 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Losses:
-    """Per-replica loss terms (each of shape (R,)); ``total`` is what is minimised."""
+    """Per-replica loss terms (each of shape (R,)); ``total`` is what is minimised.
+
+    ``auxiliary`` holds the encoder's own weighted terms (``Encoder.auxiliary_losses``), already
+    included in ``total`` and logged as ``loss/<name>``.
+    """
 
     total: Tensor
     mse: Tensor | None = None
     l1: Tensor | None = None
     cosine: Tensor | None = None
+    auxiliary: dict[str, Tensor] = field(default_factory=dict)
 
     def named(self) -> dict[str, Tensor]:
         names = {"loss/total": self.total, "loss/mse": self.mse, "loss/l1": self.l1}
         names["loss/cosine"] = self.cosine
+        for name, value in self.auxiliary.items():
+            if f"loss/{name}" in names:
+                raise ValueError(f"auxiliary loss {name!r} shadows a scenario loss term")
+            names[f"loss/{name}"] = value
         return {k: v for k, v in names.items() if v is not None}
 
 
@@ -41,17 +50,33 @@ class Scenario:
     needs_matching_latents: bool = False
 
     def loss(
-        self, codes: Tensor, x: Tensor, true_codes: Tensor, atoms: Tensor | None, l1_coeff: float
+        self,
+        codes: Tensor,
+        x: Tensor,
+        true_codes: Tensor,
+        atoms: Tensor | None,
+        l1_coeff: float,
+        *,
+        l1_penalty: bool = True,
+        auxiliary: dict[str, Tensor] | None = None,
     ) -> Losses:
-        """codes (R, L, B); x (M, B); true_codes (N, B); atoms: the decoder (R, M, L) or None."""
+        """codes (R, L, B); x (M, B); true_codes (N, B); atoms: the decoder (R, M, L) or None.
+        ``l1_penalty=False`` leaves the L1 term out of the total (it is still returned);
+        ``auxiliary`` terms (R,) are added to the total."""
+        auxiliary = auxiliary or {}
+        extra = sum(auxiliary.values()) if auxiliary else None
         if self.decoder == "none":
             # Negative mean cosine similarity between each true and predicted code row over the
             # batch (the authors found it more stable than MSE for this regression).
             cosine = F.cosine_similarity(codes, true_codes.unsqueeze(0), dim=2).mean(dim=1)
-            return Losses(total=-cosine, cosine=cosine)
+            total = -cosine if extra is None else extra - cosine
+            return Losses(total=total, cosine=cosine, auxiliary=auxiliary)
         assert atoms is not None
         mse, l1 = reconstruction(codes, atoms, x)
-        return Losses(total=mse + l1_coeff * l1, mse=mse, l1=l1)
+        total = mse + l1_coeff * l1 if l1_penalty else mse
+        if extra is not None:
+            total = total + extra
+        return Losses(total=total, mse=mse, l1=l1, auxiliary=auxiliary)
 
 
 class _Reconstruction(torch.autograd.Function):
@@ -96,7 +121,7 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             name="known_codes",
-            encoders=("sae", "mlp"),
+            encoders=("sae", "mlp", "topk", "batch_topk", "jumprelu", "gated", "lista"),
             why_not=(
                 "with the true codes known the task is latent regression, which only an amortised"
                 " encoder can learn; sparse coding and SAE+ITO optimise codes against a dictionary"
@@ -107,7 +132,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="known_dictionary",
-            encoders=("sae", "mlp", "sae_ito"),
+            encoders=("sae", "mlp", "sae_ito", "topk", "batch_topk", "jumprelu", "gated", "lista"),
             why_not=(
                 "with the dictionary fixed, sparse coding reduces to SAE+ITO (inference against"
                 " the known dictionary), so use encoder=sae_ito (paper §3.5)."
@@ -117,13 +142,19 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="unknown",
-            encoders=("sae", "mlp", "sparse_coding", "sae_ito"),
+            encoders=(
+                "sae",
+                "mlp",
+                "sparse_coding",
+                "sae_ito",
+                "topk",
+                "batch_topk",
+                "jumprelu",
+                "gated",
+                "lista",
+            ),
             why_not="",
             decoder="learned",
         ),
     )
 }
-
-
-def total_loss(losses: Losses) -> Tensor:
-    return torch.sum(losses.total)

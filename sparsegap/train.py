@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from sparsegap import metrics
-from sparsegap.config import latents_of, resolve_device
+from sparsegap.config import fill_defaults, latents_of, resolve_device
 from sparsegap.data import SyntheticData, make_synthetic
 from sparsegap.decoder import Decoder
 from sparsegap.encoders import ENCODERS, Encoder
@@ -45,7 +45,15 @@ class Model:
 
     def losses(self, x: torch.Tensor, true_codes: torch.Tensor, codes: torch.Tensor) -> Losses:
         atoms = self.decoder.weight if self.decoder is not None else None
-        return self.scenario.loss(codes, x, true_codes, atoms, self.cfg.l1_coeff)
+        return self.scenario.loss(
+            codes,
+            x,
+            true_codes,
+            atoms,
+            self.cfg.l1_coeff,
+            l1_penalty=self.encoder.l1_penalty,
+            auxiliary=self.encoder.auxiliary_losses(x, codes, atoms),
+        )
 
     @property
     def trains(self) -> bool:
@@ -58,6 +66,7 @@ class Model:
             return Flops()
         samples = self.data.x_train.shape[1]
         step = self.encoder.forward_flops(samples) + self.encoder.backward_flops(samples)
+        step += self.encoder.auxiliary_flops(samples, self.decoder is not None)
         params = self.encoder.parameters_per_replica()
         if self.decoder is not None:
             learned = self.decoder.learned
@@ -72,6 +81,7 @@ class Model:
 
 
 def build(cfg: DictConfig) -> Model:
+    fill_defaults(cfg)  # idempotent; resolves data-dependent defaults (e.g. encoder.k = data.K)
     device = resolve_device(cfg.device.name)
     data = make_synthetic(cfg.data).to(device)
     scenario = SCENARIOS[cfg.scenario.name]
@@ -177,7 +187,10 @@ def train(model: Model, tracker: Tracker) -> Record:
     record: Record = {}
     step = 0
     while True:
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        # Nothing trains (e.g. ITO from scratch on a fixed dictionary): every evaluation would
+        # repeat the first, so only the first and last are run.
+        due = step % cfg.eval_every == 0 if model.trains else step == 0
+        if due or step == cfg.steps:
             if model.decoder is not None:
                 model.decoder.renormalise_()
             record = evaluate(model, step, step_flops, started)
@@ -189,7 +202,9 @@ def train(model: Model, tracker: Tracker) -> Record:
         if step == cfg.steps:
             break
         chunk = min(cfg.eval_every - step % cfg.eval_every, cfg.steps - step)
-        for _ in range(chunk):
+        if not model.trains:
+            chunk = cfg.steps - step
+        for _ in range(chunk if model.trains else 0):
             step_fn()
         step += chunk
         bar.update(chunk)

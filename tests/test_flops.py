@@ -33,6 +33,11 @@ VARIANTS = {
     "mlp256": ["encoder=mlp", "encoder.hidden=256"],
     "sparse_coding": ["encoder=sparse_coding"],
     "sae_ito": ["encoder=sae_ito"],
+    "topk": ["encoder=topk"],
+    "batch_topk": ["encoder=batch_topk"],
+    "jumprelu": ["encoder=jumprelu"],
+    "gated": ["encoder=gated"],
+    "lista": ["encoder=lista"],
 }
 CASES = [
     pytest.param(variant, scenario, [], id=f"{variant}-{scenario}")
@@ -46,6 +51,11 @@ CASES += [
     pytest.param("sae", "known_dictionary", ["encoder.bias=true"], id="sae-known_dictionary-bias"),
     pytest.param("sae", "unknown", ["encoder.latents=24"], id="sae-unknown-L24"),
     pytest.param("sparse_coding", "unknown", ["encoder.latents=10"], id="sc-unknown-L10"),
+    pytest.param("topk", "unknown", ["encoder.latents=24", "encoder.k=5"], id="topk-unknown-L24"),
+    pytest.param("gated", "unknown", ["encoder.bias=false"], id="gated-unknown-nobias"),
+    pytest.param("jumprelu", "unknown", ["encoder.bias=true"], id="jumprelu-unknown-bias"),
+    pytest.param("lista", "unknown", ["encoder.layers=0"], id="lista-unknown-T0"),
+    pytest.param("lista", "unknown", ["encoder.layers=10", "encoder.latents=24"], id="lista-T10"),
 ]
 
 
@@ -194,6 +204,9 @@ def test_adam_log_iteration_matmul_flops(samples: int, latents: int, dim: int) -
     [
         ("sae", "unknown", []),
         ("mlp256", "known_dictionary", []),
+        ("batch_topk", "unknown", []),
+        ("lista", "unknown", []),
+        ("gated", "known_dictionary", []),
         ("sparse_coding", "unknown", ["encoder.inference.iterations=3"]),
         ("sae_ito", "unknown", ["encoder.inference.iterations=3"]),
         ("sae_ito", "known_dictionary", ["encoder.init=scratch", "encoder.inference.iterations=3"]),

@@ -1,5 +1,6 @@
 """Where X (and the ground truth, when known) comes from."""
 
-from sparsegap.data.synthetic import SyntheticData, make_synthetic
+from sparsegap.data.dictionaries import coherence
+from sparsegap.data.synthetic import SyntheticData, SyntheticStream, make_synthetic
 
-__all__ = ["SyntheticData", "make_synthetic"]
+__all__ = ["SyntheticData", "SyntheticStream", "coherence", "make_synthetic"]

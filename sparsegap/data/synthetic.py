@@ -9,19 +9,43 @@ than outputs only 8 or 16 wide.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import InitVar, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from sparsegap.config import DataConfig
+from sparsegap.data.dictionaries import make_dictionary
+from sparsegap.data.laws import CodeLaw, code_law
+from sparsegap.data.magnitudes import sample_magnitudes
+
+__all__ = [
+    "StreamBatch",
+    "SyntheticData",
+    "SyntheticStream",
+    "importance_weights",
+    "make_synthetic",
+    "sample_magnitudes",
+]
+
+SNR_CALIBRATION_SAMPLES = 16_384  # streams: signal power measured on one calibration batch
 
 
 @dataclass(frozen=True)
 class SyntheticData:
     """Train/test split of one synthetic problem.
 
-    Shapes: x (M, B), codes (N, B), dictionary (M, N).
+    Shapes: x (M, B), codes (N, B), dictionary (M, N); ``importance`` (N,) holds the feature
+    importance weights (ones unless ``data.importance=decay``). It is an attribute, not a
+    dataclass field, so ``dataclasses.fields`` lists only the five data tensors.
     """
 
     x_train: Tensor
@@ -29,6 +53,12 @@ class SyntheticData:
     codes_train: Tensor
     codes_test: Tensor
     dictionary: Tensor
+    importance: InitVar[Tensor | None] = None
+
+    def __post_init__(self, importance: Tensor | None) -> None:
+        if importance is None or not isinstance(importance, Tensor):
+            importance = torch.ones(self.dictionary.shape[1])
+        object.__setattr__(self, "importance", importance)
 
     def to(self, device: torch.device) -> SyntheticData:
         return SyntheticData(
@@ -41,44 +71,59 @@ class SyntheticData:
                     self.codes_test,
                     self.dictionary,
                 )
-            )
+            ),
+            importance=self.importance.to(device),
         )
 
 
-def sample_magnitudes(law: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """Values of the active sources. ``abs_normal`` is the authors' code (|N(0,1)|, non-negative);
-    ``normal`` is what the paper's text says; ``exponential`` (rate 1) and ``uniform`` (0, 1] are
-    further non-negative laws."""
-    if law == "abs_normal":
-        return torch.randn(shape, generator=generator).abs_()
-    if law == "normal":
-        return torch.randn(shape, generator=generator)
-    if law == "exponential":
-        return torch.empty(shape).exponential_(1.0, generator=generator)
-    if law == "uniform":
-        return 1.0 - torch.rand(shape, generator=generator)
-    raise ValueError(f"unknown magnitude law {law!r}")
+def importance_weights(cfg) -> Tensor:
+    """Feature importance weights (N,): ones, or r^i for ``importance=decay`` (Elhage et al.
+    2022, "Toy Models of Superposition"). Meant to weight per-feature loss terms."""
+    if getattr(cfg, "importance", "none") == "decay":
+        return (
+            torch.tensor(float(cfg.importance_decay), dtype=torch.float64)
+            .pow(torch.arange(cfg.N, dtype=torch.float64))
+            .float()
+        )
+    return torch.ones(cfg.N)
+
+
+def _noise_std(cfg, signal_power: float) -> float:
+    """``noise_std``, or the std giving ``snr_db`` = 10·log10(mean(clean²) / std²)."""
+    snr_db = getattr(cfg, "snr_db", None)
+    if snr_db is None:
+        return float(cfg.noise_std)
+    return math.sqrt(signal_power / 10 ** (float(snr_db) / 10))
 
 
 def make_synthetic(cfg: DataConfig) -> SyntheticData:
     """Generate the dictionary, train and test sets together (as the authors do), then split.
 
     Deterministic for a given ``cfg.seed`` and independent of global RNG state; generated on the
-    CPU so a seed gives the same data on every device.
+    CPU so a seed gives the same data on every device. Draw order from the one generator: the
+    dictionary, per-feature magnitude scales (only if heterogeneous), the supports, the values,
+    the noise — so the defaults give exactly the paper's data.
     """
     g = torch.Generator().manual_seed(cfg.seed)
-    dictionary = torch.randn(cfg.M, cfg.N, generator=g)
-    dictionary /= dictionary.norm(dim=0, keepdim=True)
+    dictionary = make_dictionary(cfg, g)
+    law = code_law(cfg, g)
 
     total = cfg.train_samples + cfg.test_samples
-    # K distinct positions per sample, uniformly: the K smallest of N i.i.d. uniforms.
-    support = torch.rand(total, cfg.N, generator=g).argsort(dim=1)[:, : cfg.K]
-    values = sample_magnitudes(cfg.magnitude, (total, cfg.K), g)
-    codes = torch.zeros(total, cfg.N).scatter_(1, support, values).T.contiguous()
+    if law.support == "fixed_k":
+        # K distinct positions per sample, uniformly: the K smallest of N i.i.d. uniforms.
+        support = torch.rand(total, cfg.N, generator=g).argsort(dim=1)[:, : cfg.K]
+        values = law.magnitudes.sample((total, cfg.K), g)
+        values = law.magnitudes.per_feature(values, support)
+        codes = torch.zeros(total, cfg.N).scatter_(1, support, values).T.contiguous()
+    else:
+        sample, feature, values = law.draw(total, g)
+        codes = torch.zeros(cfg.N, total)
+        codes[feature, sample] = values
 
     x = dictionary @ codes
-    if cfg.noise_std > 0:
-        x += cfg.noise_std * torch.randn(x.shape, generator=g)
+    std = _noise_std(cfg, x.double().square().mean().item())
+    if std > 0:
+        x += std * torch.randn(x.shape, generator=g)
 
     n = cfg.train_samples
     return SyntheticData(
@@ -87,4 +132,113 @@ def make_synthetic(cfg: DataConfig) -> SyntheticData:
         codes_train=codes[:, :n].contiguous(),
         codes_test=codes[:, n:].contiguous(),
         dictionary=dictionary,
+        importance=importance_weights(cfg),
     )
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    """One streamed batch: x (M, B) and codes (N, B), sparse CSC (one compressed column per
+    sample) unless the stream was asked for dense codes."""
+
+    x: Tensor
+    codes: Tensor
+
+
+def _batch_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for batch ``index`` of data seed ``seed`` (SeedSequence mixing)."""
+    entropy = [seed % 2**64, index % 2**64]  # index −1: the SNR calibration batch
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class SyntheticStream:
+    """Code columns drawn on the fly: batch i (samples i·B … (i+1)·B − 1) is generated from
+    (``data.seed``, i) alone, so batches can be drawn in any order, twice, or in parallel, and
+    memory stays bounded by one batch. The dictionary and the law (probabilities, hierarchy,
+    magnitude scales) are those of ``make_synthetic`` for the same config; the samples are other
+    draws than ``make_synthetic``'s (which draws its whole set from one generator).
+
+    ``samples`` bounds iteration (the last batch may be shorter; null: endless). With ``snr_db``,
+    the noise std is fixed from the signal power of one calibration batch.
+    """
+
+    def __init__(
+        self, cfg, batch_size: int, samples: int | None = None, dense_codes: bool = False
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.cfg, self.batch_size, self.samples, self.dense_codes = (
+            cfg,
+            batch_size,
+            samples,
+            dense_codes,
+        )
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.dictionary = make_dictionary(cfg, g)
+        self.law: CodeLaw = code_law(cfg, g)
+        self.importance = importance_weights(cfg)
+        self._atoms = self.dictionary.T.contiguous()  # (N, M): one row per atom, for the gather
+        self.noise_std = float(cfg.noise_std)
+        if getattr(cfg, "snr_db", None) is not None:
+            clean = self._clean(SNR_CALIBRATION_SAMPLES, -1)[0]
+            self.noise_std = _noise_std(cfg, clean.double().square().mean().item())
+
+    def __len__(self) -> int:
+        if self.samples is None:
+            raise TypeError("an endless stream has no length")
+        return -(-self.samples // self.batch_size)
+
+    def _clean(self, size: int, index: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        g = torch.Generator().manual_seed(_batch_seed(self.cfg.seed, index))
+        sample, feature, values = self.law.draw(size, g)
+        counts = torch.bincount(sample, minlength=size)
+        offsets = torch.zeros(size + 1, dtype=torch.long)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        # D·S as a weighted gather of the active atoms per sample: O(L0·M), never O(N·M).
+        xt = F.embedding_bag(
+            feature, self._atoms, offsets[:-1], mode="sum", per_sample_weights=values.float()
+        )
+        return xt.T, sample, feature, values, offsets
+
+    def batch(self, index: int) -> StreamBatch:
+        size = self.batch_size
+        if self.samples is not None:
+            size = min(size, self.samples - index * self.batch_size)
+            if size <= 0:
+                raise IndexError(f"batch {index} is past the end ({self.samples} samples)")
+        x, sample, feature, values, offsets = self._clean(size, index)
+        if self.noise_std > 0:
+            g = torch.Generator().manual_seed(_batch_seed(self.cfg.seed, index) ^ 0x5EED)
+            x = x + self.noise_std * torch.randn(x.shape, generator=g)
+        n = self.cfg.N
+        if self.dense_codes:
+            codes = torch.zeros(n, size)
+            codes[feature, sample] = values.float()
+        else:
+            with warnings.catch_warnings():  # "sparse CSC support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                codes = torch.sparse_csc_tensor(
+                    offsets, feature, values.float(), (n, size), check_invariants=False
+                )
+        return StreamBatch(x=x, codes=codes)
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        return self.batches()
+
+    def batches(self, workers: int = 1) -> Iterator[StreamBatch]:
+        """The batches in order. ``workers`` > 1 draws the next ones in that many threads (torch
+        releases the GIL; results are identical), holding at most ``workers`` batches ahead."""
+        indices = itertools.count()
+        if self.samples is not None:
+            indices = iter(range(len(self)))
+        if workers <= 1:
+            yield from map(self.batch, indices)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            pending = deque(pool.submit(self.batch, i) for i in itertools.islice(indices, workers))
+            while pending:
+                done = pending.popleft().result()
+                for i in itertools.islice(indices, 1):
+                    pending.append(pool.submit(self.batch, i))
+                yield done

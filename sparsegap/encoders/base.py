@@ -3,7 +3,10 @@
 An encoder maps a column batch X (M, B) to non-negative codes (R, L, B) for its R replicas (the
 losses rely on codes ≥ 0: their L1 term is the plain mean). Subclasses declare
 their parameters, their training-time forward, optionally a different test-time ``infer``, and
-the FLOPs of each next to them. Nothing else: losses live in scenarios, the loop in train.py.
+the FLOPs of each next to them. Nothing else: losses live in scenarios, the loop in train.py —
+except for two hooks by which an encoder adapts the scenario's reconstruction loss to its own
+training objective: ``l1_penalty`` (whether the scenario's L1 term is added; it is always logged)
+and ``auxiliary_losses`` (extra named terms added to the total and logged as ``loss/<name>``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ ENCODERS: dict[str, type[Encoder]] = {}
 
 class Encoder(nn.Module):
     name: ClassVar[str]
+    # Whether the scenario adds its L1 term l1_coeff·mean(codes) to the loss. Encoders whose
+    # sparsity comes from elsewhere (TopK activations, an L0 penalty, a gate penalty) set False;
+    # the term is still computed and logged as loss/l1.
+    l1_penalty: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -47,6 +54,17 @@ class Encoder(nn.Module):
         """Codes for unseen samples given the current dictionary (R, M, L). Amortised encoders
         simply run their forward pass."""
         return self.forward(x)
+
+    def auxiliary_losses(self, x: Tensor, codes: Tensor, atoms: Tensor | None) -> dict[str, Tensor]:
+        """Extra loss terms for codes = self(x) (or self.infer(x, atoms)), each per replica (R,)
+        and already weighted; the scenario adds them to the total and logs them as
+        ``loss/<name>``. ``atoms`` is the decoder (R, M, L), None when the scenario has none."""
+        return {}
+
+    def auxiliary_flops(self, samples: int, decoder: bool) -> Flops:
+        """FLOPs of ``auxiliary_losses`` forward and backward in one training step, per replica
+        (``decoder``: whether the scenario has one)."""
+        return Flops()
 
     def needs_training(self, decoder_learned: bool) -> bool:
         """Whether training steps do anything useful for the test-time codes."""
