@@ -14,22 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsegap.encoders.base import Encoder, register_encoder
-from sparsegap.encoders.layers import ReplicaLinear
-from sparsegap.encoders.topk import resolved_k
-from sparsegap.flops import Flops, linear_backward, linear_forward, relu
+from sparsegap.encoders.base import register_encoder
+from sparsegap.encoders.topk import TopK
+from sparsegap.flops import Flops, linear_forward, relu
 
 
 @register_encoder
-class BatchTopK(Encoder):
+class BatchTopK(TopK):
+    """Same parameters, training FLOPs and L1 handling as TopK; only the selection differs."""
+
     name = "batch_topk"
-    l1_penalty = False
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
-        self.k = resolved_k(cfg)
         self.momentum = float(cfg.threshold_momentum)
-        self.linear = ReplicaLinear(self.dim, self.latents, kw["generators"], bias=cfg.bias)
         self.register_buffer("threshold", torch.zeros(self.replicas, 1, 1))
         self.register_buffer("threshold_updates", torch.zeros(self.replicas, 1, 1))
 
@@ -59,19 +57,6 @@ class BatchTopK(Encoder):
     def infer(self, x: Tensor, atoms: Tensor) -> Tensor:
         pre = self.linear(x).relu()
         return pre * (pre > self.threshold)
-
-    def forward_flops(self, samples: int) -> Flops:
-        # linear, ReLU, selection over the batch (about one comparison per activation), scatter.
-        return (
-            linear_forward(self.dim, self.latents, samples, self.cfg.bias)
-            + relu(self.latents, samples)
-            + Flops(elementwise=self.latents * samples + self.k * samples)
-        )
-
-    def backward_flops(self, samples: int) -> Flops:
-        return linear_backward(
-            self.dim, self.latents, samples, input_grad=False, bias=self.cfg.bias
-        ) + relu(self.latents, samples)
 
     def infer_flops(self, samples: int) -> Flops:
         # linear, ReLU, compare with θ, multiply by the mask.
