@@ -43,7 +43,9 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
         torch.set_num_threads(cfg.device.threads)
     logger = to_container(cfg.logger) if cfg.logger.name == "wandb" else None
     with Tracker(run_dir, to_container(cfg), logger, group=group, name=name) as tracker:
-        record = train(build(cfg), tracker)
+        model = build(cfg)
+        record = train(model, tracker)
+        model.save(run_dir / "model.pt")
     print_summary(tracker, run_dir)
     mcc = record["latent_mcc/test"]
     return float(sum(mcc) / len(mcc)) if isinstance(mcc, list) else float(mcc)

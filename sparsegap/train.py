@@ -7,10 +7,12 @@ are summed, so each replica follows exactly the trajectory it would follow alone
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -55,6 +57,17 @@ class Model:
             auxiliary=self.encoder.auxiliary_losses(x, codes, atoms),
         )
 
+    def save(self, path: Path) -> None:
+        """The trained state for later analysis (e.g. the report's DᵀD heatmaps, paper App. C):
+        ``{"decoder": (R, M, L) atoms or None, "encoder": state_dict}``, written atomically."""
+        state = {
+            "decoder": None if self.decoder is None else self.decoder.weight.detach().cpu(),
+            "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
     @property
     def trains(self) -> bool:
         learned = self.decoder is not None and self.decoder.learned
@@ -65,6 +78,9 @@ class Model:
         if not self.trains:
             return Flops()
         samples = self.data.x_train.shape[1]
+        own = self.encoder.train_step_flops(samples)
+        if own is not None:  # the encoder trains itself (Encoder.train_step): no Adam step
+            return own
         step = self.encoder.forward_flops(samples) + self.encoder.backward_flops(samples)
         step += self.encoder.auxiliary_flops(samples, self.decoder is not None)
         params = self.encoder.parameters_per_replica()
@@ -150,7 +166,8 @@ def evaluate(model: Model, step: int, train_flops: Flops, started: float) -> Rec
 
 
 def make_step(model: Model) -> Callable[[], None]:
-    """One full-batch Adam step on every replica."""
+    """One full-batch Adam step on every replica, or the encoder's own step when its
+    ``train_step`` hook does it (gradient-free dictionary learning)."""
     cfg, data, encoder, decoder = model.cfg, model.data, model.encoder, model.decoder
     params = [p for p in encoder.parameters() if p.requires_grad]
     if decoder is not None and decoder.learned:
@@ -168,6 +185,8 @@ def make_step(model: Model) -> Callable[[], None]:
             return
         if decoder is not None:
             decoder.renormalise_()
+        if encoder.train_step(data.x_train, decoder):  # the encoder did the whole step itself
+            return
         optimiser.zero_grad()
         loss_fn().backward()
         optimiser.step()

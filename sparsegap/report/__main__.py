@@ -6,7 +6,8 @@ whatever its state, and writes into DIR/report (or OUT):
 - ``results.csv``: one row per job × replica × evaluation (jobs without evaluations: one row);
 - ``summary.md``: per method and setting, final / best test latent MCC, dictionary MCC, compute,
   wall time, then every job that did not complete, with its status and error (also printed);
-- figures as PNG and PDF: training curves, regime heatmaps, sparsity Pareto plots.
+- figures as PNG and PDF: training curves, regime heatmaps, sparsity Pareto plots, and |DᵀD| of
+  the learned decoders when jobs differ in their number of latents (App. C).
 
 Failed or unfinished jobs are listed, never fatal: the exit code is 0 unless DIR holds no job.
 Figures and the table use completed jobs only, unless ``--include-unfinished``.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from sparsegap.report.aggregate import Row, fmt_l1, summary_rows
 from sparsegap.report.collect import Job, all_rows, distinguish, load_jobs, write_csv
+from sparsegap.report.gram import gram_figures
 
 
 def _pm(value: tuple[float, float]) -> str:
@@ -103,6 +105,7 @@ def make_report(
                     stem = f"regimes_{scenario}_{metric}"
                     paths += fig.regime_heatmaps(members, out, metric=metric, stem=stem)
         paths += fig.pareto_figures(used, out, palette)
+        paths += gram_figures(used, out)
     text = (
         f"# sparsegap report: {root}\n\n"
         f"{len(jobs)} jobs, {len(used)} used in the table and figures"
