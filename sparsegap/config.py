@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LOGGER_MODES = ("offline", "online", "disabled")
 DICTIONARY_SIMILARITIES = ("pearson", "cosine")
 ITO_INITS = ("sae", "scratch")
+DICTIONARY_UPDATES = ("least_squares", "gradient")
 SUPPORTS = ("fixed_k", "bernoulli")
 FREQUENCIES = ("uniform", "zipf")
 IMPORTANCES = ("none", "decay")
@@ -174,6 +175,41 @@ class LISTAConfig(EncoderConfig):
     layers: int = 3  # unrolled iterations T after the first layer (0 = a ReLU SAE with bias −θ)
 
 
+def _dl_inference() -> InferenceConfig:
+    return InferenceConfig(name="fista", iterations=20, l1_coeff=0.2)
+
+
+@dataclass
+class DictionaryLearningConfig(EncoderConfig):
+    """Classical alternating minimisation (unknown scenario): each training step infers the
+    training codes with ``inference`` (warm-started from the previous step's codes) against the
+    current dictionary, then updates the dictionary (least squares D = X·Sᵀ(S·Sᵀ + εI)⁻¹, or one
+    gradient step) and renormalises it; unused atoms restart at a training residual. Test codes:
+    the same inference. No Adam."""
+
+    name: str = "dictionary_learning"
+    dictionary_update: str = "least_squares"  # least_squares | gradient
+    ridge: float = 1e-6  # ε of the least-squares update, relative to the mean diagonal of S·Sᵀ
+    resample_dead: bool = True  # restart unused and near-duplicate atoms at a random residual
+    duplicate_cosine: float = 0.95  # resample_dead: atoms with |cosine| above this are duplicates
+    restarts: int = 9  # extra candidate dictionaries per replica; the lowest objective is kept
+    test_iterations: int | None = 300  # inference iterations for test codes; null = inference's
+    inference: InferenceConfig = field(default_factory=_dl_inference)
+
+
+@dataclass
+class SklearnDLConfig(EncoderConfig):
+    """scikit-learn's DictionaryLearning (coordinate descent, non-negative codes), one model per
+    replica (random_state = seed + i); each training step runs ``iterations_per_step`` of its
+    alternating iterations warm-started from the previous step. Test codes: non-negative
+    LARS-lasso (sklearn's transform). Needs ``pip install -e '.[sklearn]'``."""
+
+    name: str = "sklearn_dl"
+    alpha: float = 0.05  # sklearn's L1 weight: ½||x − D·s||² + alpha·|s|₁ per sample
+    transform_alpha: float | None = None  # LARS-lasso weight at test time; null = alpha
+    iterations_per_step: int = 1  # sklearn max_iter per training step
+
+
 @dataclass
 class ScenarioConfig:
     """What is known, what is learned, and the loss (paper §3.5)."""
@@ -240,6 +276,8 @@ def register_configs() -> None:
         JumpReLUConfig,
         GatedConfig,
         LISTAConfig,
+        DictionaryLearningConfig,
+        SklearnDLConfig,
     ):
         cs.store(group="encoder", name=f"{node.name}_schema", node=node)
     cs.store(group="scenario", name="scenario_schema", node=ScenarioConfig)
@@ -412,6 +450,22 @@ def validate(cfg: DictConfig) -> None:
         _need(e.init_threshold > 0, "encoder.init_threshold", e.init_threshold, "must be positive")
     if "layers" in e:
         _need(e.layers >= 0, "encoder.layers", e.layers, "must be >= 0")
+    if "dictionary_update" in e:
+        _choice("encoder.dictionary_update", e.dictionary_update, DICTIONARY_UPDATES)
+        _need(e.ridge >= 0, "encoder.ridge", e.ridge, "must be >= 0")
+        cos = e.duplicate_cosine
+        _need(0 < cos <= 1, "encoder.duplicate_cosine", cos, "must be in (0, 1] (1 = never)")
+        _need(e.restarts >= 0, "encoder.restarts", e.restarts, "must be >= 0")
+        if e.test_iterations is not None:
+            allowed = "must be >= 0 (or null = encoder.inference.iterations)"
+            _need(e.test_iterations >= 0, "encoder.test_iterations", e.test_iterations, allowed)
+    if "alpha" in e:
+        _need(e.alpha > 0, "encoder.alpha", e.alpha, "must be positive")
+        if e.transform_alpha is not None:
+            allowed = "must be positive (or null = encoder.alpha)"
+            _need(e.transform_alpha > 0, "encoder.transform_alpha", e.transform_alpha, allowed)
+        steps = e.iterations_per_step
+        _need(steps >= 1, "encoder.iterations_per_step", steps, "must be at least 1")
     if "inference" in e:
         inf = e.inference
         _choice("encoder.inference.name", inf.name, tuple(INFERENCE))

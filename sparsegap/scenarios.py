@@ -59,24 +59,50 @@ class Scenario:
         *,
         l1_penalty: bool = True,
         auxiliary: dict[str, Tensor] | None = None,
+        importance: Tensor | None = None,
     ) -> Losses:
         """codes (R, L, B); x (M, B); true_codes (N, B); atoms: the decoder (R, M, L) or None.
         ``l1_penalty=False`` leaves the L1 term out of the total (it is still returned);
-        ``auxiliary`` terms (R,) are added to the total."""
+        ``auxiliary`` terms (R,) are added to the total.
+
+        ``importance`` (N,): feature importance weights w (``SyntheticData.importance``; None =
+        unweighted, the paper's loss bit for bit). They weight the per-feature terms of the loss
+        where latent i *is* true feature i, as a weighted mean Σ w_i·term_i / Σ w_i (so all-ones
+        weights give the unweighted value up to rounding):
+
+        - ``known_codes``: the cosine term of each code row (feature).
+        - ``known_dictionary``: the L1 term of each latent, mean_b S_ib. The reconstruction error
+          stays unweighted: Elhage et al. (2022) weight the error per feature because their
+          toy model reconstructs the features themselves, but here the error lives in X-space,
+          where the atoms superpose; splitting it per feature would need the true codes, which
+          this scenario does not give the encoder.
+        - ``unknown``: the learned latents match the features only up to an unknown permutation,
+          so there is no per-feature term to weight; ``importance`` is ignored.
+        """
         auxiliary = auxiliary or {}
         extra = sum(auxiliary.values()) if auxiliary else None
+        if not self.needs_matching_latents:
+            importance = None
         if self.decoder == "none":
             # Negative mean cosine similarity between each true and predicted code row over the
             # batch (the authors found it more stable than MSE for this regression).
-            cosine = F.cosine_similarity(codes, true_codes.unsqueeze(0), dim=2).mean(dim=1)
+            rows = F.cosine_similarity(codes, true_codes.unsqueeze(0), dim=2)
+            cosine = rows.mean(dim=1) if importance is None else _weighted_mean(rows, importance)
             total = -cosine if extra is None else extra - cosine
             return Losses(total=total, cosine=cosine, auxiliary=auxiliary)
         assert atoms is not None
         mse, l1 = reconstruction(codes, atoms, x)
+        if importance is not None:  # codes are non-negative: |S| = S (see _Reconstruction)
+            l1 = _weighted_mean(codes.mean(dim=2), importance)
         total = mse + l1_coeff * l1 if l1_penalty else mse
         if extra is not None:
             total = total + extra
         return Losses(total=total, mse=mse, l1=l1, auxiliary=auxiliary)
+
+
+def _weighted_mean(terms: Tensor, weights: Tensor) -> Tensor:
+    """Σ_i w_i·terms[:, i] / Σ_i w_i per replica: terms (R, N), weights (N,)."""
+    return terms @ weights / weights.sum()
 
 
 class _Reconstruction(torch.autograd.Function):
@@ -152,6 +178,8 @@ SCENARIOS: dict[str, Scenario] = {
                 "jumprelu",
                 "gated",
                 "lista",
+                "dictionary_learning",
+                "sklearn_dl",
             ),
             why_not="",
             decoder="learned",

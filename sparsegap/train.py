@@ -55,6 +55,8 @@ class Model:
             self.cfg.l1_coeff,
             l1_penalty=self.encoder.l1_penalty,
             auxiliary=self.encoder.auxiliary_losses(x, codes, atoms),
+            # None keeps the unweighted loss (bit for bit) unless weights were asked for
+            importance=None if self.cfg.data.importance == "none" else self.data.importance,
         )
 
     def save(self, path: Path) -> None:

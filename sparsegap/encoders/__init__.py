@@ -2,12 +2,14 @@
 
 from sparsegap.encoders import (  # noqa: F401  (register)
     batch_topk,
+    dictionary_learning,
     gated,
     jumprelu,
     lista,
     mlp,
     sae,
     sae_ito,
+    sklearn_dl,
     sparse_coding,
     topk,
 )

@@ -6,19 +6,24 @@ their parameters, their training-time forward, optionally a different test-time 
 the FLOPs of each next to them. Nothing else: losses live in scenarios, the loop in train.py —
 except for two hooks by which an encoder adapts the scenario's reconstruction loss to its own
 training objective: ``l1_penalty`` (whether the scenario's L1 term is added; it is always logged)
-and ``auxiliary_losses`` (extra named terms added to the total and logged as ``loss/<name>``).
+and ``auxiliary_losses`` (extra named terms added to the total and logged as ``loss/<name>``),
+and one by which a gradient-free encoder (dictionary learning) replaces the Adam step with its own
+update: ``train_step`` (with ``train_step_flops``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from sparsegap.config import EncoderConfig
 from sparsegap.flops import Flops
+
+if TYPE_CHECKING:
+    from sparsegap.decoder import Decoder
 
 ENCODERS: dict[str, type[Encoder]] = {}
 
@@ -65,6 +70,18 @@ class Encoder(nn.Module):
         """FLOPs of ``auxiliary_losses`` forward and backward in one training step, per replica
         (``decoder``: whether the scenario has one)."""
         return Flops()
+
+    def train_step(self, x: Tensor, decoder: Decoder | None) -> bool:
+        """Hook for encoders trained without gradients (classical dictionary learning): one
+        training step on the full training set x (M, B), updating ``decoder`` in place. Returns
+        True when it did the whole step, so the loop skips its Adam step; the default (False)
+        leaves training to the loop."""
+        return False
+
+    def train_step_flops(self, samples: int) -> Flops | None:
+        """FLOPs of one ``train_step`` per replica when the encoder trains itself; None (the
+        default) lets the loop count forward, backward, loss and Adam."""
+        return None
 
     def needs_training(self, decoder_learned: bool) -> bool:
         """Whether training steps do anything useful for the test-time codes."""

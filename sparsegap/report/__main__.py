@@ -105,6 +105,7 @@ def make_report(
                     stem = f"regimes_{scenario}_{metric}"
                     paths += fig.regime_heatmaps(members, out, metric=metric, stem=stem)
         paths += fig.pareto_figures(used, out, palette)
+        paths += fig.gap_figures(used, out)
         paths += gram_figures(used, out)
     text = (
         f"# sparsegap report: {root}\n\n"

@@ -1,0 +1,49 @@
+"""The appendix presets (App. C decoder Gram, App. D MLP width, App. E bias): every job of each
+grid composes through Hydra with the overrides the sweeper would pass, and validates."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from helpers import CONF
+from hydra import compose, initialize_config_dir
+
+from sparsegap.config import fill_defaults, register_configs, validate
+
+GRIDS = {
+    "decoder_gram": {
+        "encoder": ["sae", "mlp", "sparse_coding"],
+        "encoder.latents": ["10", "16", "24"],
+    },
+    "mlp_width": {
+        "data": ["default", "medium", "hard"],
+        "encoder.hidden": ["16", "32", "64", "128", "256", "512"],
+    },
+    "bias": {"encoder": ["sae", "mlp", "mlp_256"], "encoder.bias": ["false", "true"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_every_job_of_the_appendix_presets_validates(name):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        params = {k: str(v).split(",") for k, v in base.hydra.sweeper.params.items()}
+        assert params == GRIDS[name]
+        for values in itertools.product(*params.values()):
+            overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
+            cfg = compose("config", overrides=[f"+experiment={name}", "device=cpu", *overrides])
+            validate(cfg)
+            fill_defaults(cfg)
+            assert cfg.logger.group == name
+
+
+def test_mlp_width_regimes_get_harder():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sizes = [
+            compose("config", overrides=["+experiment=mlp_width", f"data={d}"]).data
+            for d in ("default", "medium", "hard")
+        ]
+    assert [(d.N, d.M, d.K) for d in sizes] == [(16, 8, 3), (32, 12, 5), (64, 16, 9)]
