@@ -5,14 +5,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+# Model streams are keyed away from the data stream: the data generator is seeded with the bare
+# ``data.seed`` (to reproduce the authors' data exactly), so seeding replica i with a bare
+# ``seed + i`` would make the replica whose seed equals ``data.seed`` initialise its decoder from
+# the very draws that made the true dictionary (MCC 1.0 before training).
+_MODEL_STREAM = 0x5A6E
+
 
 def replica_generators(seed: int, replicas: int) -> list[torch.Generator]:
-    """One generator per replica, seeded ``seed + i``, so replica i of an R-replica run is
+    """One generator per replica, keyed by ``seed + i``, so replica i of an R-replica run is
     initialised exactly like a one-replica run with seed ``seed + i``."""
-    return [torch.Generator().manual_seed(seed + i) for i in range(replicas)]
+    return [torch.Generator().manual_seed(_model_seed(seed + i)) for i in range(replicas)]
+
+
+def _model_seed(seed: int) -> int:
+    # 32 bits, so consumers that need a NumPy seed (scikit-learn) can take the generator's seed.
+    return int(np.random.SeedSequence([seed, _MODEL_STREAM]).generate_state(1, dtype=np.uint32)[0])
 
 
 def per_replica(
