@@ -11,11 +11,12 @@ import json
 import random
 from pathlib import Path
 
-WORDS = (
+_PROSE = (
     "the cat sat on a mat while the dog ran through the park and birds sang in tall trees "
     "rain fell over the quiet town as people walked home with bread milk and fresh fruit "
     "numbers like one two three four five appear in lists tables and long reports"
-).split()
+)
+WORDS = _PROSE.split(" ")
 
 
 def corpus_lines(documents: int = 200, seed: int = 0) -> list[str]:
