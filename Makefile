@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: run test test-slow test-gpu report bench bench-experiment lint format clean
+.PHONY: run test test-slow test-gpu report bench bench-gpu bench-gpu-site bench-experiment paper lint format clean
 
 $(PY):
 	python3 -m venv .venv
@@ -20,8 +20,9 @@ $(STAMP): $(PY) pyproject.toml
 run: $(STAMP)
 	$(PY) -m sparsegap device=cpu
 
+# `paper`-marked tests (the whole `make paper QUICK=1` path, minutes) run in test-slow only.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -m "not gpu and not paper"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -39,6 +40,27 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m sparsegap.bench
 
+# Language-model path on a GPU (about 4 minutes): SAE 768→24,576 and MLP training steps per
+# second, harvesting tokens/s. No install step (it runs offline on a lent machine): the first
+# Python whose torch sees CUDA runs it — .venv's, else python3 — with .venv's other packages.
+bench-gpu:
+	@py=""; for c in $(PY) python3 python; do \
+	  if $$c -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; \
+	  then py=$$c; break; fi; done; \
+	if [ -z "$$py" ]; then echo "no CUDA torch found: CPU smoke test (--small)"; \
+	  $(PY) -m sparsegap.bench_gpu --small; else $$py -m sparsegap.bench_gpu $(ARGS); fi
+
+# For a GPU machine whose Python is not the .venv's (another version, no .venv): copy the
+# pure-Python packages the framework and transformer-lens import (about 40 MB) into .bench-site,
+# which bench_gpu appends to the path; carry .bench-site along.
+BENCH_SITE_PACKAGES := hydra omegaconf antlr4 transformer_lens beartype fancy_einsum typeguard \
+	transformers_stream_generator datasets dill multiprocess
+bench-gpu-site: $(STAMP)
+	rm -rf .bench-site && mkdir -p .bench-site
+	cd $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+	  tar cf - --exclude=__pycache__ $(BENCH_SITE_PACKAGES) | tar xf - -C $(CURDIR)/.bench-site
+	@du -sh .bench-site
+
 # The paper's whole unknown-scenario experiment (Fig. 4: 5 encoders × 5 replicas × 40,000 steps),
 # two jobs at a time (longest first) on the local cores, one torch thread each; prints the wall time.
 bench-experiment: $(STAMP)
@@ -46,6 +68,16 @@ bench-experiment: $(STAMP)
 	  encoder=mlp_256,sparse_coding,sae_ito,mlp,sae \
 	  hydra/launcher=joblib hydra.launcher.n_jobs=2 device.threads=1 progress=false; \
 	echo "whole unknown experiment: $$(( $$(date +%s) - start )) s wall"
+
+# Every preset of the paper (§4, App. C–F) at the paper's settings as joblib multiruns (2 jobs ×
+# 1 thread) into PAPER_DIR/<preset>, a report per sweep, then docs/REPRODUCTION.md and its figures.
+# QUICK=1: few steps, 2 replicas, small grids, written under PAPER_DIR/docs (docs/ is untouched).
+PAPER_DIR ?= outputs/paper$(if $(QUICK),-quick)
+PAPER_DOCS ?= $(if $(QUICK),$(PAPER_DIR)/docs,docs)
+paper: $(STAMP)
+	start=$$(date +%s); $(PY) -m sparsegap.report.reproduction run $(PAPER_DIR) \
+	  $(if $(QUICK),--quick) --docs $(PAPER_DOCS) || exit $$?; \
+	echo "make paper$(if $(QUICK), QUICK=1): $$(( $$(date +%s) - start )) s wall"
 
 lint: $(STAMP)
 	$(PY) -m ruff check sparsegap tests

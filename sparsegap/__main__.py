@@ -1,7 +1,8 @@
 """Entry point: ``python -m sparsegap [overrides]`` (or the ``sparsegap`` console script).
 
-compose (Hydra) → validate → build → train → summary; exit code 0 on success, 2 on an invalid
-configuration (before anything runs), 1 when the run fails (its metrics so far stay on disk).
+compose (Hydra) → validate → build → train (``+cache=build``: harvest) → summary; exit code 0 on
+success, 2 on an invalid configuration (before anything runs), 1 when the run fails (its metrics
+so far stay on disk).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sparsegap.config import ConfigError, fill_defaults, register_configs, to_container, validate
+from sparsegap.config import (
+    ConfigError,
+    fill_defaults,
+    is_lm,
+    register_configs,
+    to_container,
+    validate,
+)
 from sparsegap.runtime import keep_freed_memory
 from sparsegap.tracking import Tracker
 
@@ -33,22 +41,68 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None) -> float:
-    """Validate, train and track one configuration; returns the final mean test latent MCC."""
-    from sparsegap.train import build, train  # heavy imports after validation
+    """Validate, train and track one configuration; returns the final mean test latent MCC
+    (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
+    from sparsegap.train import build, train, train_activations  # heavy imports after validation
 
     validate(cfg)
     fill_defaults(cfg)
     keep_freed_memory()
     if cfg.device.threads is not None:
         torch.set_num_threads(cfg.device.threads)
+    if cfg.get("cache") is not None:
+        return harvest(cfg, run_dir)
+    lm = is_lm(cfg)
+    if lm:
+        run_dir = _continued_run(cfg, run_dir)
     logger = to_container(cfg.logger) if cfg.logger.name == "wandb" else None
     with Tracker(run_dir, to_container(cfg), logger, group=group, name=name) as tracker:
-        model = build(cfg)
-        record = train(model, tracker)
-        model.save(run_dir / "model.pt")
+        if lm:
+            train_activations(cfg, run_dir, tracker)
+        else:
+            model = build(cfg)
+            train(model, tracker)
+            model.save(run_dir / "model.pt")
     print_summary(tracker, run_dir)
-    mcc = record["latent_mcc/test"]
-    return float(sum(mcc) / len(mcc)) if isinstance(mcc, list) else float(mcc)
+    key = "normalised_mse/test" if lm else "latent_mcc/test"
+    return float((tracker.last or {})[key]["mean"])
+
+
+def _continued_run(cfg: DictConfig, run_dir: Path) -> Path:
+    """The folder an activation run writes to: ``run_dir``, continued from its checkpoint when
+    it has one; with ``resume=true`` and none, the newest sibling run with this config."""
+    from sparsegap import checkpoint
+
+    if not checkpoint.exists(run_dir) and cfg.resume:
+        found = checkpoint.find_resumable(cfg, run_dir)
+        if found is None:
+            raise ConfigError(
+                f"resume=true is invalid: no run under {run_dir.parent} has a checkpoint of this"
+                " configuration; run without resume=true to start one"
+            )
+        run_dir = found
+    if checkpoint.exists(run_dir):
+        checkpoint.check_compatible(cfg, run_dir)
+        step = checkpoint.read_state(run_dir)["step"]
+        checkpoint.truncate_metrics(run_dir, step)
+        print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+    return run_dir
+
+
+def harvest(cfg: DictConfig, run_dir: Path) -> float:
+    """``+cache=build``: write the activations to disk; returns the tokens cached."""
+    from sparsegap.data.activations import build_cache
+
+    with Tracker(run_dir, to_container(cfg)) as tracker:
+        manifest = build_cache(cfg, progress=cfg.progress and sys.stdout.isatty())
+        tracker.log(
+            {"step": 0, "tokens": manifest["tokens"], "tokens_per_s": manifest["tokens_per_s"]}
+        )
+    print(
+        f"cache {manifest['folder']}: {manifest['tokens']:,} tokens × d={manifest['dim']}"
+        f" ({manifest['dtype']}), {manifest['tokens_per_s']:,.0f} tokens/s"
+    )
+    return float(manifest["tokens"])
 
 
 def print_summary(tracker: Tracker, run_dir: Path) -> None:

@@ -31,12 +31,18 @@ FREQUENCIES = ("uniform", "zipf")
 IMPORTANCES = ("none", "decay")
 DATA_DICTIONARIES = ("gaussian", "orthogonal", "coherent")
 COHERENCE_KINDS = ("mean", "max")
+DATA_SOURCES = ("synthetic", "lm")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+AUTOCASTS = ("none", "bf16")
+# Encoders that keep state per sample of a fixed training set, which streamed activations lack.
+PER_SAMPLE_ENCODERS = ("sparse_coding", "dictionary_learning", "sklearn_dl")
 
 
 @dataclass
 class DataConfig:
     """Synthetic data X = D·S + noise (paper §3.2), one column per sample."""
 
+    source: str = "synthetic"  # synthetic | lm (language-model activations, conf/data/lm.yaml)
     N: int = 16  # number of true sparse sources (dictionary atoms)
     M: int = 8  # number of measurements (dimension of X)
     K: int = 3  # active sources per sample (fixed_k: exactly, uniformly; bernoulli: expected L0)
@@ -70,6 +76,49 @@ class DataConfig:
 
 
 @dataclass
+class LMDataConfig:
+    """Activations of a language model (paper §5: GPT-2 small, layer 9, OpenWebText): text →
+    contexts of ``context`` tokens → the model up to ``hook`` → a shuffling buffer → column
+    batches (d_model, batch_tokens). The stream's first ``test_tokens`` activations are the
+    evaluation set; the next ``tokens`` are trained on, each once."""
+
+    source: str = "lm"
+    model: str = "gpt2"  # Hugging Face hub name of the transformer
+    model_path: str | None = None  # local save_pretrained folder, used instead of the hub
+    hook: str = "blocks.9.hook_resid_pre"  # transformer-lens hook point whose output is X
+    dtype: str = "float32"  # model weights: float32 | bfloat16 | float16
+    model_device: str | None = None  # device of the model forward; null = device.name
+    model_batch: int = 32  # contexts per model forward
+    dataset: str = "Skylion007/openwebtext"  # Hugging Face datasets name, streamed
+    dataset_split: str = "train"
+    text_column: str = "text"  # the text field of the dataset's rows and of JSONL files
+    text_files: str | None = None  # glob of local .txt (one document per line) or .jsonl files
+    context: int = 128  # tokens per context, BOS included
+    prepend_bos: bool = True  # start every context with the BOS token
+    exclude_special: bool = True  # drop BOS/EOS/pad positions (GPT-2's BOS norm is an outlier)
+    tokens: int | None = None  # training tokens; null = 100 M from a model, all of data.cache
+    test_tokens: int = 16_384  # held-out evaluation tokens: the stream's first
+    batch_tokens: int = 4096  # tokens per training step
+    shuffle_tokens: int = 262_144  # shuffling buffer capacity in tokens; 0 = stream order
+    seed: int = 0  # shuffling seed
+    prefetch: bool = True  # harvest the next activations in a background thread
+    cache: str | None = None  # train from this activation cache (+cache=build) instead
+    normalise: bool = False  # scale X so that its mean squared norm is d (factor: test tokens)
+    expansion: int = 32  # latents = expansion × d when encoder.latents is null
+    dim: int | None = None  # d, filled in from the model or the cache
+    input_scale: float | None = None  # the normalise factor, filled in (1 when normalise=false)
+
+
+@dataclass
+class CacheConfig:
+    """``+cache=build``: harvest the activations of ``data`` to disk instead of training."""
+
+    dir: str | None = None  # output folder; null = outputs/act-cache/<model>-<hook>
+    dtype: str = "float32"  # stored dtype: float32 (exact) | bfloat16 | float16 (half the disk)
+    flush_tokens: int = 1_048_576  # tokens between flushes of the manifest (the resume points)
+
+
+@dataclass
 class InferenceConfig:
     """Iterative sparse inference used at test time (sparse coding, SAE+ITO)."""
 
@@ -99,6 +148,7 @@ class SAEConfig(EncoderConfig):
     """Sparse autoencoder: codes = ReLU(W·x [+ b])."""
 
     name: str = "sae"
+    fast_step: bool = False  # unknown scenario: hand-written backward (5 GEMMs, no autograd graph)
 
 
 @dataclass
@@ -222,6 +272,9 @@ class ScenarioConfig:
 class DeviceConfig:
     name: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads on CPU; null = torch's default
+    autocast: str = "none"  # none | bf16: the training step's matmuls in bfloat16
+    tf32: bool = False  # CUDA: TF32 tensor cores for float32 matmuls
+    pin_memory: bool = True  # CUDA: host→device copies of batches from pinned memory
 
 
 @dataclass
@@ -239,6 +292,7 @@ class LoggerConfig:
 @dataclass
 class MetricsConfig:
     dictionary_similarity: str = "pearson"  # pearson (authors' code) | cosine (|cos|, as SAELens)
+    dead_window: int = 10_000_000  # data=lm: a latent is dead when silent for this many tokens
 
 
 @dataclass
@@ -251,6 +305,7 @@ class Config:
     device: Any = MISSING
     logger: Any = MISSING
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cache: Any = None  # +cache=build: harvest activations to disk instead of training
     seed: int = 0  # model initialisation seed; replica i is initialised with seed + i
     replicas: int = 5  # independently initialised models trained together on the same data
     steps: int = II("scenario.steps")  # training steps (default: the scenario's paper value)
@@ -259,6 +314,10 @@ class Config:
     l1_coeff: float = 0.01  # weight of mean|codes| in the loss
     progress: bool = True  # progress bar (only shown when stdout is a terminal)
     compile: bool = False  # torch.compile the training step (worth it for long GPU runs)
+    lr_warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps
+    l1_warmup_steps: int = 0  # linear l1_coeff warm-up from 0 over this many steps
+    checkpoint_every: int | None = None  # data=lm: tokens between checkpoints; null = at the end
+    resume: bool = False  # data=lm: continue the newest run with this config from its checkpoint
 
 
 def register_configs() -> None:
@@ -266,6 +325,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="data", name="lm_schema", node=LMDataConfig)
+    cs.store(group="cache", name="cache_schema", node=CacheConfig)
     for node in (
         SAEConfig,
         MLPConfig,
@@ -294,9 +355,19 @@ def _choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
     _need(value in allowed, key, value, f"allowed values are {', '.join(allowed)}")
 
 
-def latents_of(cfg: DictConfig) -> int:
-    """Number of latents the encoder learns (``encoder.latents``, default ``data.N``)."""
-    return cfg.encoder.latents if cfg.encoder.latents is not None else cfg.data.N
+def latents_of(cfg: DictConfig) -> int | None:
+    """Number of latents the encoder learns: ``encoder.latents``, default ``data.N``
+    (synthetic) or ``data.expansion × data.dim`` (activations; None while d is unknown)."""
+    if cfg.encoder.latents is not None:
+        return cfg.encoder.latents
+    if is_lm(cfg):
+        return None if cfg.data.dim is None else cfg.data.expansion * cfg.data.dim
+    return cfg.data.N
+
+
+def is_lm(cfg: DictConfig) -> bool:
+    """Whether the run trains on language-model activations (``data=lm``)."""
+    return cfg.data.get("source", "synthetic") == "lm"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -417,28 +488,52 @@ def validate(cfg: DictConfig) -> None:
     from sparsegap.scenarios import SCENARIOS
 
     d = cfg.data
-    _need(d.N >= 1, "data.N", d.N, "must be at least 1")
-    _need(d.M >= 1, "data.M", d.M, "must be at least 1")
-    _need(1 <= d.K <= d.N, "data.K", d.K, f"must be between 1 and data.N={d.N}")
-    _need(d.train_samples >= 2, "data.train_samples", d.train_samples, "must be at least 2")
-    _need(d.test_samples >= 2, "data.test_samples", d.test_samples, "must be at least 2")
-    _choice("data.magnitude", d.magnitude, MAGNITUDES)
-    _need(d.noise_std >= 0, "data.noise_std", d.noise_std, "must be non-negative")
-    _validate_data_laws(d)
+    _choice("data.source", d.source, DATA_SOURCES)
+    lm = is_lm(cfg)
+    if lm:
+        _validate_lm(cfg)
+    else:
+        _need(d.N >= 1, "data.N", d.N, "must be at least 1")
+        _need(d.M >= 1, "data.M", d.M, "must be at least 1")
+        _need(1 <= d.K <= d.N, "data.K", d.K, f"must be between 1 and data.N={d.N}")
+        _need(d.train_samples >= 2, "data.train_samples", d.train_samples, "must be at least 2")
+        _need(d.test_samples >= 2, "data.test_samples", d.test_samples, "must be at least 2")
+        _choice("data.magnitude", d.magnitude, MAGNITUDES)
+        _need(d.noise_std >= 0, "data.noise_std", d.noise_std, "must be non-negative")
+        _validate_data_laws(d)
+        _need(not cfg.resume, "resume", cfg.resume, "checkpoints and resuming need data=lm")
+        _need(cfg.get("cache") is None, "cache", "build", "harvesting activations needs data=lm")
 
     e = cfg.encoder
     _choice("encoder.name", e.name, tuple(ENCODERS))
+    _choice("scenario.name", cfg.scenario.name, tuple(SCENARIOS))
+    if lm and cfg.scenario.name != "unknown":
+        raise ConfigError(
+            f"scenario={cfg.scenario.name} does not apply to data=lm: a language model's"
+            " activations come with no known codes or dictionary, so only scenario=unknown"
+            " applies."
+        )
+    if lm and e.name in PER_SAMPLE_ENCODERS:
+        allowed = [
+            name for name in SCENARIOS["unknown"].encoders if name not in PER_SAMPLE_ENCODERS
+        ]
+        raise ConfigError(
+            f"encoder={e.name} does not apply to data=lm: it keeps state per sample of a fixed"
+            " training set, and activations stream (each token is seen once). Encoders for"
+            f" data=lm: {', '.join(allowed)}."
+        )
     if e.latents is not None:
         _need(e.latents >= 1, "encoder.latents", e.latents, "must be at least 1 (or null = data.N)")
+    if e.get("fast_step"):
+        allowed = "needs scenario=unknown and encoder.normalise_decoder=true (a learned decoder)"
+        ok = cfg.scenario.name == "unknown" and e.normalise_decoder
+        _need(ok, "encoder.fast_step", e.fast_step, allowed)
     if "hidden" in e:
         _need(e.hidden >= 1, "encoder.hidden", e.hidden, "must be at least 1")
     if "init" in e:
         _choice("encoder.init", e.init, ITO_INITS)
     if "k" in e:
-        k = e.k if e.k is not None else d.K
-        key = "encoder.k" if e.k is not None else "encoder.k (null = data.K)"
-        allowed = f"must be between 1 and the number of latents ({latents_of(cfg)}), or null"
-        _need(1 <= k <= latents_of(cfg), key, k, allowed)
+        _check_k(cfg, "encoder.k", e.k)
     if "threshold_momentum" in e:
         m = e.threshold_momentum
         _need(0 < m <= 1, "encoder.threshold_momentum", m, "must be in (0, 1]")
@@ -471,13 +566,11 @@ def validate(cfg: DictConfig) -> None:
         _choice("encoder.inference.name", inf.name, tuple(INFERENCE))
         _need(inf.iterations >= 0, "encoder.inference.iterations", inf.iterations, "must be >= 0")
         _need(inf.lr > 0, "encoder.inference.lr", inf.lr, "must be positive")
-        if inf.k is not None:
-            allowed = f"must be between 1 and the number of latents ({latents_of(cfg)}), or null"
-            _need(1 <= inf.k <= latents_of(cfg), "encoder.inference.k", inf.k, allowed)
+        if inf.k is not None or (lm and inf.name in ("mp", "omp", "gp")):
+            _check_k(cfg, "encoder.inference.k", inf.k)
         if inf.l1_coeff is not None:
             _need(inf.l1_coeff >= 0, "encoder.inference.l1_coeff", inf.l1_coeff, "must be >= 0")
 
-    _choice("scenario.name", cfg.scenario.name, tuple(SCENARIOS))
     scenario = SCENARIOS[cfg.scenario.name]
     if e.name not in scenario.encoders:
         raise ConfigError(
@@ -500,6 +593,10 @@ def validate(cfg: DictConfig) -> None:
     )
 
     _choice("device.name", cfg.device.name, DEVICES)
+    _choice("device.autocast", cfg.device.autocast, AUTOCASTS)
+    _need(cfg.lr_warmup_steps >= 0, "lr_warmup_steps", cfg.lr_warmup_steps, "must be >= 0")
+    _need(cfg.l1_warmup_steps >= 0, "l1_warmup_steps", cfg.l1_warmup_steps, "must be >= 0")
+    _need(cfg.metrics.dead_window >= 1, "metrics.dead_window", cfg.metrics.dead_window, ">= 1")
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda is invalid: no CUDA GPU is visible here; use device=cpu or auto"
@@ -514,12 +611,81 @@ def validate(cfg: DictConfig) -> None:
     _choice("logger.name", cfg.logger.name, ("wandb", "none"))
     if cfg.logger.name == "wandb":
         _choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    if lm:  # last: a hub name offline fails here, within seconds, saying how to use local files
+        _check_lm_sources(d)
+
+
+def _check_k(cfg: DictConfig, key: str, k: int | None) -> None:
+    """An atom/latent budget: null means data.K, which activations do not have."""
+    if k is None and is_lm(cfg):
+        raise ConfigError(f"{key}=None is invalid: data=lm has no data.K to default to; set {key}")
+    if k is None:
+        k, key = cfg.data.K, f"{key} (null = data.K)"
+    latents = latents_of(cfg)
+    if latents is None:
+        _need(k >= 1, key, k, "must be at least 1")
+    else:
+        allowed = f"must be between 1 and the number of latents ({latents}), or null"
+        _need(1 <= k <= latents, key, k, allowed)
+
+
+def _validate_lm(cfg: DictConfig) -> None:
+    """Value checks of ``data=lm`` and ``+cache=build``."""
+    d = cfg.data
+    _need("hook" in d, "data.source", d.source, "needs the lm data preset: use data=lm")
+    _choice("data.dtype", d.dtype, MODEL_DTYPES)
+    _need(d.context >= 2, "data.context", d.context, "must be at least 2 (BOS + one token)")
+    _need(d.model_batch >= 1, "data.model_batch", d.model_batch, "must be at least 1")
+    _need(d.test_tokens >= 2, "data.test_tokens", d.test_tokens, "must be at least 2")
+    _need(d.batch_tokens >= 1, "data.batch_tokens", d.batch_tokens, "must be at least 1")
+    if d.tokens is not None:
+        allowed = f"must be at least data.batch_tokens={d.batch_tokens} (or null)"
+        _need(d.tokens >= d.batch_tokens, "data.tokens", d.tokens, allowed)
+    allowed = f"must be 0 (no shuffling) or at least data.batch_tokens={d.batch_tokens}"
+    _need(
+        d.shuffle_tokens == 0 or d.shuffle_tokens >= d.batch_tokens,
+        "data.shuffle_tokens",
+        d.shuffle_tokens,
+        allowed,
+    )
+    _need(d.expansion >= 1, "data.expansion", d.expansion, "must be at least 1")
+    if d.model_device is not None:
+        _choice("data.model_device", d.model_device, DEVICES[1:])
+    if cfg.checkpoint_every is not None:
+        _need(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, ">= 1 or null")
+    build = cfg.get("cache")
+    if build is not None:
+        _choice("cache.dtype", build.dtype, MODEL_DTYPES)
+        _need(build.flush_tokens >= 1, "cache.flush_tokens", build.flush_tokens, ">= 1")
+        _need(
+            d.cache is None,
+            "data.cache",
+            d.cache,
+            "must be null with +cache=build (it builds a cache; train from it afterwards)",
+        )
+
+
+def _check_lm_sources(d: DictConfig) -> None:
+    """That the cache, or the model and the text, can be reached (the last check: it may wait
+    a few seconds for the network)."""
+    from sparsegap.data import activations
+
+    if d.cache is not None:
+        activations.read_manifest(d.cache)  # raises ConfigError naming data.cache
+    else:
+        activations.check_available(d)
 
 
 def fill_defaults(cfg: DictConfig) -> None:
     """Resolve the defaults that depend on other keys, so the logged config shows real values:
     a pursuit algorithm's atom budget ``encoder.inference.k`` and a TopK encoder's ``encoder.k``
     default to ``data.K``."""
+    if is_lm(cfg):
+        from sparsegap.data.activations import fill_lm_defaults
+
+        fill_lm_defaults(cfg.data)
+        cfg.steps = cfg.data.tokens // cfg.data.batch_tokens
+        return
     if "inference" in cfg.encoder and cfg.encoder.inference.k is None:
         cfg.encoder.inference.k = cfg.data.K
     if "k" in cfg.encoder and cfg.encoder.k is None:

@@ -71,3 +71,28 @@ def l1(codes: Tensor) -> Tensor:
 def dead_latents(codes: Tensor) -> Tensor:
     """Latents that are zero on every sample of the batch: (R,) counts."""
     return (codes == 0).all(dim=2).sum(dim=1).double()
+
+
+def normalised_mse(x: Tensor, reconstruction: Tensor) -> Tensor:
+    """MSE of the reconstructions (R, M, B) of x (M, B), divided by the MSE of predicting every
+    sample by the mean sample (so 1 = no better than the mean, 0 = exact): (R,)."""
+    x = x.double()
+    baseline = (x - x.mean(dim=1, keepdim=True)).square().sum()
+    return (reconstruction.double() - x).square().sum(dim=(1, 2)) / baseline
+
+
+def explained_variance(x: Tensor, reconstruction: Tensor) -> Tensor:
+    """1 − Var(x − x̂) / Var(x), variances summed over the M dimensions (a constant offset of
+    the reconstruction is not penalised, unlike in the normalised MSE): (R,)."""
+    x = x.double()
+    residual = x - reconstruction.double()
+    residual = residual - residual.mean(dim=2, keepdim=True)
+    total = (x - x.mean(dim=1, keepdim=True)).square().sum()
+    return 1 - residual.square().sum(dim=(1, 2)) / total
+
+
+def dead_in_window(last_fired: Tensor, samples: int, window: int) -> Tensor:
+    """Latents that have not fired in the last ``window`` training samples, from the sample
+    count at which each last fired (R, L; 0 = never): (R,) counts. Before ``window`` samples
+    are seen, those that never fired."""
+    return (last_fired <= max(samples - window, 0)).sum(dim=1).double()

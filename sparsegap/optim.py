@@ -33,6 +33,23 @@ class Adam:
         self.steps = [torch.zeros((), device=device) for _ in self.params]
         self.t = 0
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The moments and step counts, named ``exp_avg.<i>``, ``exp_avg_sq.<i>``, ``step.<i>``
+        (parameter i of the list) — what a checkpoint stores to resume exactly."""
+        state: dict[str, Tensor] = {}
+        for i, (m, v, s) in enumerate(zip(self.exp_avg, self.exp_avg_sq, self.steps, strict=True)):
+            state |= {f"exp_avg.{i}": m, f"exp_avg_sq.{i}": v, f"step.{i}": s}
+        state["t"] = torch.tensor(self.t)
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for i, (m, v, s) in enumerate(zip(self.exp_avg, self.exp_avg_sq, self.steps, strict=True)):
+            m.copy_(state[f"exp_avg.{i}"])
+            v.copy_(state[f"exp_avg_sq.{i}"])
+            s.copy_(state[f"step.{i}"])
+        self.t = int(state["t"])
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import signal
 import sys
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -27,3 +30,15 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
         return bool(ok)
     except (OSError, AttributeError):
         return False
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM (scheduler pre-emption, ``kill``) into an exception, so a run can mark itself
+    failed and close its files instead of vanishing mid-write. Outside the main thread (some
+    launchers) signals cannot be handled: the default stays."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, _terminate)

@@ -118,8 +118,8 @@ class _Reconstruction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes: Tensor, atoms: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         residual = torch.baddbmm(x.expand(atoms.shape[0], *x.shape), atoms, codes, beta=-1)
-        mse = residual.square().mean(dim=(1, 2))
-        l1 = codes.mean(dim=(1, 2))
+        mse = residual.float().square().mean(dim=(1, 2))
+        l1 = codes.float().mean(dim=(1, 2))
         ctx.save_for_backward(codes, atoms, residual)
         return mse, l1
 
@@ -127,13 +127,18 @@ class _Reconstruction(torch.autograd.Function):
     def backward(ctx, grad_mse: Tensor, grad_l1: Tensor) -> tuple[Tensor | None, ...]:
         codes, atoms, residual = ctx.saved_tensors
         dim, samples = residual.shape[1:]
-        scale = (grad_mse * (2.0 / (dim * samples))).view(-1, 1, 1)
+        # Under autocast (device.autocast=bf16) the residual is bfloat16: the matmuls run in
+        # its dtype and the gradients return in their inputs' dtypes.
+        low = residual.dtype
+        scale = (grad_mse * (2.0 / (dim * samples))).view(-1, 1, 1).to(low)
         grad_codes = grad_atoms = None
         if ctx.needs_input_grad[0]:
-            l1_scale = (grad_l1 / codes[0].numel()).view(-1, 1, 1)
-            grad_codes = torch.bmm(atoms.transpose(1, 2), residual).mul_(scale).add_(l1_scale)
+            l1_scale = (grad_l1 / codes[0].numel()).view(-1, 1, 1).to(low)
+            grad_codes = torch.bmm(atoms.to(low).transpose(1, 2), residual)
+            grad_codes = grad_codes.mul_(scale).add_(l1_scale).to(codes.dtype)
         if ctx.needs_input_grad[1]:
-            grad_atoms = torch.bmm(residual, codes.transpose(1, 2)).mul_(scale)
+            grad_atoms = torch.bmm(residual, codes.to(low).transpose(1, 2))
+            grad_atoms = grad_atoms.mul_(scale).to(atoms.dtype)
         return grad_codes, grad_atoms, None
 
 

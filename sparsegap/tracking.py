@@ -9,16 +9,22 @@ finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 Value = float | list[float]
 Record = dict[str, Value]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -28,6 +34,23 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str | bytes) -> None:
+    """Replace ``path`` with ``text`` all at once: readers see the old file or the new one, never
+    a partial write (a temporary file in the same folder, fsynced, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,6 +89,9 @@ class Tracker:
         self.last: dict[str, Any] | None = None
         self.best: dict[str, float] = {}
         self.wandb_info: dict[str, Any] | None = None
+        # A resumed run appends to the lines logged before its checkpoint (see checkpoint.py).
+        for line in _lines(self.run_dir / "metrics.jsonl"):
+            self._remember(json.loads(line))
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finish)
         self._write_summary("running")
         self.wandb_run = self._start_wandb(logger, group, name) if logger else None
@@ -104,13 +130,28 @@ class Tracker:
         entry = summarise(record)
         self._metrics.write(json.dumps(entry) + "\n")
         self._metrics.flush()
+        self._remember(entry)
+        if self.wandb_run is not None:
+            self.wandb_run.log(self._wandb_row(entry))
+
+    def _remember(self, entry: dict[str, Any]) -> None:
         self.last = entry
         for key, value in entry.items():
             mean = value["mean"] if isinstance(value, dict) else value
             if "mcc" in key and isinstance(mean, float) and math.isfinite(mean):
                 self.best[key] = max(self.best.get(key, -math.inf), mean)
-        if self.wandb_run is not None:
-            self.wandb_run.log(self._wandb_row(entry))
+
+    def log_histogram(self, key: str, values: Any, step: int) -> None:
+        """A distribution (e.g. feature densities, replica 0) to W&B only, on log10 scale
+        (zeros at 1e-10); metrics.jsonl keeps scalars."""
+        if self.wandb_run is None:
+            return
+        import numpy as np
+        import wandb
+
+        array = np.asarray(values.detach().float().cpu() if hasattr(values, "detach") else values)
+        log10 = np.log10(np.maximum(array.reshape(array.shape[0], -1)[0], 1e-10))
+        self.wandb_run.log({f"{key}_log10": wandb.Histogram(log10), "step": step})
 
     @staticmethod
     def _wandb_row(entry: dict[str, Any]) -> dict[str, float]:

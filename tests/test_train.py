@@ -159,3 +159,10 @@ def test_compiled_step_agrees_with_eager(tmp_path):
     for a, b in zip(eager, compiled, strict=True):
         for key in ("latent_mcc/test", "loss/total/train", "dictionary_mcc"):
             assert a[key]["replicas"] == pytest.approx(b[key]["replicas"], rel=1e-4, abs=1e-6)
+
+
+def test_zero_steps_evaluates_the_initialisation_once(tmp_path):
+    run(compose_config(["steps=0", "replicas=1"]), tmp_path)
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [0]
+    assert read_summary(tmp_path)["status"] == "completed"

@@ -7,7 +7,11 @@ whatever its state, and writes into DIR/report (or OUT):
 - ``summary.md``: per method and setting, final / best test latent MCC, dictionary MCC, compute,
   wall time, then every job that did not complete, with its status and error (also printed);
 - figures as PNG and PDF: training curves, regime heatmaps, sparsity Pareto plots, and |DᵀD| of
-  the learned decoders when jobs differ in their number of latents (App. C).
+  the learned decoders when jobs differ in their number of latents (App. C);
+- ``frontier.md`` and ``frontier_*`` figures: MCC against total FLOPs and wall time with the Pareto
+  front and the amortisation gap, when a setting compares several methods (``report/frontier.py``).
+- ``width_*`` and ``bias_*`` figures: the MLP width and encoder-bias ablations (App. D, E;
+  ``report/ablations.py``) when jobs differ in hidden width or ``encoder.bias``.
 
 Failed or unfinished jobs are listed, never fatal: the exit code is 0 unless DIR holds no job.
 Figures and the table use completed jobs only, unless ``--include-unfinished``.
@@ -20,8 +24,10 @@ import math
 import sys
 from pathlib import Path
 
+from sparsegap.report.ablations import bias_figures, width_figures
 from sparsegap.report.aggregate import Row, fmt_l1, summary_rows
 from sparsegap.report.collect import Job, all_rows, distinguish, load_jobs, write_csv
+from sparsegap.report.frontier import frontier_report
 from sparsegap.report.gram import gram_figures
 
 
@@ -107,6 +113,8 @@ def make_report(
         paths += fig.pareto_figures(used, out, palette)
         paths += fig.gap_figures(used, out)
         paths += gram_figures(used, out)
+        paths += width_figures(used, out) + bias_figures(used, out)
+        paths += frontier_report(used, out)
     text = (
         f"# sparsegap report: {root}\n\n"
         f"{len(jobs)} jobs, {len(used)} used in the table and figures"
@@ -142,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a folder", file=sys.stderr)
         return 2
+    from sparsegap.autointerp import report as autointerp
+
+    if autointerp.is_autointerp(args.dir):
+        return autointerp.main(args.dir, args.out, not args.no_figures)
     try:
         result = make_report(
             args.dir, args.out, args.metric, args.include_unfinished, not args.no_figures

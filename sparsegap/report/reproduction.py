@@ -1,0 +1,801 @@
+"""``make paper``: run every preset of the paper, report each sweep, write ``REPRODUCTION.md``.
+
+    python -m sparsegap.report.reproduction run OUT [--quick] [--docs DIR]
+    python -m sparsegap.report.reproduction write [ROOT ...] [--sweep PRESET=DIR ...] [--docs DIR]
+
+``run`` launches each preset of ``PRESETS`` as a joblib multirun (``hydra/launcher=local``, two
+jobs of one torch thread each) into ``OUT/<preset>``, reports each sweep (``sparsegap-report``),
+then does what ``write`` does. ``--quick`` swaps in ``Preset.quick`` (few steps, 2 replicas,
+small grids): the same path end to end in a few minutes, for tests — its numbers mean nothing.
+
+``write`` finds each preset's sweep under the ROOTs (a folder named ``<preset>`` or, newest first,
+``<time>-<preset>`` as the presets name their sweep folders) or takes it from ``--sweep``, and
+writes ``DIR/REPRODUCTION.md`` (default ``docs``) with the figures as PNG in
+``DIR/figures/reproduction/``. Per result of §4 and App. C–F: the paper's value, ours (final test
+values, mean ± std over replicas), the paper's qualitative claim with a *computed* check, and
+whether the sweep ran at the paper's settings (steps, replicas, the whole grid) — a reduced or
+missing sweep is said to be one, never passed off as a reproduction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsegap.report.aggregate import final_and_best, mean_std, order_labels
+from sparsegap.report.collect import Job, label_of, load_jobs
+
+# Every run: a joblib multirun, two jobs at a time, one torch thread each (a 2-core machine).
+LAUNCH = ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "device.threads=1", "progress=false"]
+QUICK_COMMON = ["steps=200", "eval_every=100", "replicas=2", "logger=none",
+                "data.train_samples=256", "data.test_samples=256"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One ``conf/experiment`` preset as the paper ran it."""
+
+    name: str
+    where: str  # section and figure of the paper
+    title: str
+    steps: int  # the paper's training steps
+    replicas: int  # the paper's replicas per job
+    jobs: int  # jobs of the full grid
+    quick: tuple[str, ...] = ()  # extra overrides of the quick path (smaller grid)
+    figures: tuple[str, ...] = ()  # report PNG stems (prefixes) shown beside the result
+
+
+PRESETS = [
+    Preset("known_codes", "§4.1, Fig. 2", "Known sparse codes", 20_000, 5, 4,
+           quick=("encoder=sae,mlp",), figures=("curves_known_codes",)),
+    Preset("known_dictionary", "§4.2, Fig. 3", "Known dictionary", 20_000, 5, 5,
+           quick=("encoder=sae,mlp,sae_ito",), figures=("curves_known_dictionary",)),
+    Preset("unknown", "§4.3, Fig. 4", "Unknown codes and dictionary", 40_000, 5, 5,
+           figures=("curves_unknown",)),
+    Preset("regimes", "§4.4, Fig. 5", "Performance across data regimes", 30_000, 1, 135,
+           quick=("data.N=16,32", "data.M=8", "data.K=3", "replicas=1"),
+           figures=("regimes_unknown_final",)),
+    Preset("sparsity", "§4.4, Fig. 6", "Sparsity–performance trade-off", 40_000, 5, 18,
+           quick=("l1_coeff=0.01,0.1",), figures=("pareto_unknown",)),
+    Preset("decoder_gram", "App. C, Figs. 9–11", "Decoder Gram matrices", 40_000, 5, 9,
+           quick=("encoder=sae,sparse_coding",), figures=("gram_unknown",)),
+    Preset("mlp_width", "App. D, Fig. 12", "MLP width ablation", 50_000, 5, 18,
+           quick=("data=default,medium", "encoder.hidden=16,64,256"),
+           figures=("width_unknown",)),
+    Preset("bias", "App. E, Fig. 13", "Encoder bias ablation", 40_000, 5, 6,
+           quick=("encoder=sae,mlp",), figures=("bias_unknown",)),
+    Preset("classical", "App. F, Fig. 14", "Classical dictionary learning", 300, 5, 2,
+           quick=("steps=20", "eval_every=10"), figures=("curves_unknown",)),
+    Preset("topk_sparse_coding", "App. F.2, Fig. 15", "Top-k sparse coding", 20_000, 5, 12,
+           quick=("l1_coeff=0.01,0.1",), figures=("pareto_unknown",)),
+]  # fmt: skip
+BY_NAME = {p.name: p for p in PRESETS}
+
+
+# ---------------------------------------------------------------- values and checks
+
+
+@dataclass
+class Finding:
+    """One result: a table of paper vs ours, the claim, its computed check, notes."""
+
+    table: list[list[str]] = field(default_factory=list)  # header row first
+    claim: str = ""
+    check: str = ""
+    holds: bool | None = None  # None: not computable from these jobs
+    notes: list[str] = field(default_factory=list)
+    parts: list[tuple[str, bool]] = field(default_factory=list)  # sub-claims, each checked
+
+    def add(self, text: str, ok: bool) -> None:
+        """Check one part of the claim; the finding holds when every part does."""
+        self.parts.append((text, bool(ok)))
+        self.check = "; ".join(f"{t} {'✓' if o else '✗'}" for t, o in self.parts)
+        self.holds = all(o for _, o in self.parts)
+
+    @property
+    def verdict(self) -> str:
+        passed = sum(o for _, o in self.parts)
+        if self.parts and 0 < passed < len(self.parts):
+            return f"**partly** ({passed} of {len(self.parts)} parts)"
+        return {True: "**holds**", False: "**does not hold**", None: "not checked"}[self.holds]
+
+
+def by_method(jobs: list[Job]) -> dict[str, list[Job]]:
+    """Base method label (``sae``, ``mlp-256``…) → jobs, in the paper's order."""
+    out: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        out[label_of(job.config)].append(job)
+    return {label: out[label] for label in order_labels(out)}
+
+
+def final(jobs: list[Job], key: str = "latent_mcc/test") -> tuple[float, float]:
+    """Mean ± std over every replica of ``jobs`` of ``key`` at the last evaluation."""
+    return mean_std([v for job in jobs for v in final_and_best(job, key)[0]])
+
+
+def pm(value: tuple[float, float], digits: int = 3) -> str:
+    mean, std = value
+    return "–" if not math.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def signed(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:+.3f}"
+
+
+def _flops(jobs: list[Job]) -> float:
+    values = [
+        float(j.evaluations[-1]["flops/train_cumulative"])
+        for j in jobs
+        if j.evaluations and "flops/train_cumulative" in j.evaluations[-1]
+    ]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _method_table(
+    methods: dict[str, list[Job]], paper: dict[str, str], dictionary: bool = False
+) -> list[list[str]]:
+    header = ["method", "paper", "ours: final test latent MCC", "best over training"]
+    if dictionary:
+        header.insert(3, "ours: dictionary MCC")
+    rows = [header]
+    for label in order_labels(set(methods) | set(paper)):
+        jobs = methods.get(label, [])
+        best = mean_std([v for j in jobs for v in final_and_best(j)[1]])
+        row = [label, paper.get(label, "–"), pm(final(jobs)) if jobs else "not run", pm(best)]
+        if dictionary:
+            row.insert(3, pm(final(jobs, "dictionary_mcc")) if jobs else "–")
+        rows.append(row)
+    return rows
+
+
+def known_codes(jobs: list[Job]) -> Finding:
+    methods = by_method(jobs)
+    paper = {"sae": "0.69", "mlp-32": "0.77", "mlp-256": "0.76", "mlp-1024": "(Fig. 2 only)"}
+    f = Finding(_method_table(methods, paper))
+    f.claim = "MLPs beat the SAE at every hidden width, the best by ≈ 0.1 at convergence."
+    if "sae" in methods and any(m.startswith("mlp") for m in methods):
+        sae = final(methods["sae"])[0]
+        gaps = {m: final(js)[0] - sae for m, js in methods.items() if m.startswith("mlp")}
+        f.add("every MLP above the SAE (" + ", ".join(f"{m} {signed(g)}" for m, g in gaps.items())
+              + ")", all(g > 0 for g in gaps.values()))  # fmt: skip
+        f.add(f"best MLP − SAE {signed(max(gaps.values()))} within 0.05 of 0.1",
+              0.05 <= max(gaps.values()) <= 0.15)  # fmt: skip
+    return f
+
+
+def known_dictionary(jobs: list[Job]) -> Finding:
+    methods = by_method(jobs)
+    paper = {
+        "sae": "0.61 (peak 0.71)",
+        "sae_ito": "0.97",
+        "sae_ito-scratch": "(= sae_ito, see note)",
+        "mlp-32": "0.78",
+        "mlp-256": "0.82",
+    }
+    f = Finding(_method_table(methods, paper))
+    f.claim = "MLPs beat the SAE (paper: by 0.17–0.21); SAE + ITO reaches the highest MCC."
+    f.notes.append(
+        "The authors' 'SAE + ITO from SAE codes' silently starts from exp(−10) (REFERENCE.md), so "
+        "the paper's 0.97 is a from-scratch inference; `sae_ito` here really starts from the "
+        "SAE's codes, `sae_ito-scratch` is the paper's curve."
+    )
+    mlps = {m: final(js)[0] for m, js in methods.items() if m.startswith("mlp")}
+    itos = {m: final(js)[0] for m, js in methods.items() if m.startswith("sae_ito")}
+    if "sae" in methods and (mlps or itos):
+        sae = final(methods["sae"])[0]
+        if mlps:
+            text = ", ".join(f"{m} {signed(v - sae)}" for m, v in mlps.items())
+            f.add(f"MLPs above the SAE ({text})", all(v > sae for v in mlps.values()))
+        if itos:
+            best = max({**mlps, **itos, "sae": sae}.items(), key=lambda kv: kv[1])
+            f.add(f"SAE + ITO highest (best: {best[0]}, {best[1]:.3f})", best[0] in itos)
+    return f
+
+
+UNKNOWN_PAPER = {
+    "sae": ("0.566", "0.745", 7.1e10),
+    "sae_ito": ("0.583", "0.745", math.nan),
+    "sparse_coding": ("0.691", "0.837", 2.1e12),
+    "mlp-32": ("0.623", "0.791", 2.3e11),
+    "mlp-256": ("0.643", "0.851", 1.6e12),
+}
+
+
+def unknown(jobs: list[Job]) -> Finding:
+    methods = by_method(jobs)
+    header = ["method", "paper: latent [dictionary] MCC", "ours: final test latent MCC",
+              "ours: dictionary MCC", "paper: train FLOPs", "ours: train FLOPs/model"]  # fmt: skip
+    f = Finding([header])
+    for label in order_labels(set(methods) | set(UNKNOWN_PAPER)):
+        latent, dictionary, flops = UNKNOWN_PAPER.get(label, ("–", "–", math.nan))
+        js = methods.get(label, [])
+        f.table.append([
+            label, f"{latent} [{dictionary}]", pm(final(js)) if js else "not run",
+            pm(final(js, "dictionary_mcc")) if js else "–",
+            "–" if math.isnan(flops) else f"{flops:.2g}",
+            "–" if not js or math.isnan(_flops(js)) else f"{_flops(js):.2g}",
+        ])  # fmt: skip
+    f.claim = (
+        "Sparse coding has the highest latent MCC (paper: ≥ 0.05 above the rest) after an initial "
+        "dip; MLPs are slightly above the SAE; in dictionary MCC MLPs and sparse coding beat the "
+        "SAE by ≈ 0.1."
+    )
+    f.notes.append(
+        "Sparse coding's training FLOPs exclude its test-time inference (`flops/inference_test`), "
+        "which the paper folds into its 2.1e12."
+    )
+    if "sae" not in methods:
+        return f
+    sae, sae_dict = final(methods["sae"])[0], final(methods["sae"], "dictionary_mcc")[0]
+    if "sparse_coding" in methods:
+        sc = methods["sparse_coding"]
+        others = {m: final(js)[0] for m, js in methods.items() if m != "sparse_coding"}
+        runner_up = max(others, key=others.__getitem__)
+        margin = final(sc)[0] - others[runner_up]
+        f.add(f"SC highest latent MCC (SC − {runner_up} {signed(margin)})", margin > 0)
+        dip = _initial_dip(sc)
+        f.add(f"SC dips first (by {dip:.3f} in the first 10 % of steps)", dip > 0)
+    mlp = {m: final(js)[0] - sae for m, js in methods.items() if m.startswith("mlp")}
+    if mlp:
+        text = ", ".join(f"{m} {signed(g)}" for m, g in mlp.items())
+        f.add(f"MLPs above the SAE ({text})", all(g > 0 for g in mlp.values()))
+    dict_gaps = {
+        m: final(js, "dictionary_mcc")[0] - sae_dict
+        for m, js in methods.items()
+        if m.startswith("mlp") or m == "sparse_coding"
+    }
+    if dict_gaps:
+        text = ", ".join(f"{m} {signed(g)}" for m, g in dict_gaps.items())
+        mean = statistics.fmean(dict_gaps.values())
+        f.add(f"dictionary MCC above the SAE ({text}), by {mean:.3f} on average (≈ 0.1 ± 0.05)",
+              min(dict_gaps.values()) > 0 and abs(mean - 0.1) <= 0.05)  # fmt: skip
+    f.notes.append(
+        "Seed spread is large: sparse coding's replicas settle near 0.72 or near 0.52 (std "
+        "≈ 0.08), so the paper's 0.691 is within one std of ours; REFERENCE.md's rerun of the "
+        "authors' own code on one seed gives SC 0.630 and MLP-256 0.717, and docs/RESULTS.md "
+        "pools a second data seed (SC 0.640 ± 0.063 over 10 runs)."
+    )
+    return f
+
+
+def _initial_dip(jobs: list[Job], key: str = "latent_mcc/test") -> float:
+    """How far the mean MCC falls below its step-0 value within the first 10 % of training."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for job in jobs:
+        for entry in job.evaluations:
+            if isinstance(entry.get(key), dict):
+                by_step[int(entry["step"])] += entry[key]["replicas"]
+    if not by_step:
+        return math.nan
+    steps = sorted(by_step)
+    early = [s for s in steps if s <= 0.1 * steps[-1]]
+    start = statistics.fmean(by_step[steps[0]])
+    return start - min(statistics.fmean(by_step[s]) for s in early)
+
+
+def regimes(jobs: list[Job]) -> Finding:
+    values: dict[tuple[str, Any, Any, Any], float] = {}
+    for label, js in by_method(jobs).items():
+        for job in js:
+            values[(label, *job.regime)] = final([job])[0]
+    f = Finding([["difference to the SAE", "regimes", "above 0", "mean", "mean where "
+                  "M ≥ K·ln(N/K)", "mean where M < K·ln(N/K)"]])  # fmt: skip
+    f.claim = (
+        "Sparse coding beats the SAE in essentially all regimes, more where compressed sensing "
+        "predicts recovery (M ≥ K·ln(N/K)); MLP-256 ≈ SAE, slightly better as M grows."
+    )
+    diffs: dict[str, list[tuple[bool, float, Any]]] = defaultdict(list)
+    for (label, n, m, k), v in values.items():
+        base = values.get(("sae", n, m, k))
+        if label != "sae" and base is not None:
+            diffs[label].append((m >= k * math.log(n / k), v - base, m))
+    for label in order_labels(diffs):
+        d = diffs[label]
+        above = [x for ok, x, _ in d if ok]
+        below = [x for ok, x, _ in d if not ok]
+        f.table.append([
+            f"{label} − SAE", str(len(d)), f"{sum(x > 0 for _, x, _ in d)}/{len(d)}",
+            signed(statistics.fmean(x for _, x, _ in d)),
+            signed(statistics.fmean(above)) if above else "–",
+            signed(statistics.fmean(below)) if below else "–",
+        ])  # fmt: skip
+    sc = [x for _, x, _ in diffs.get("sparse_coding", [])]
+    if sc:
+        share = sum(x > 0 for x in sc) / len(sc)
+        above = [x for ok, x, _ in diffs["sparse_coding"] if ok]
+        below = [x for ok, x, _ in diffs["sparse_coding"] if not ok]
+        f.add(f"SC > SAE in {share:.0%} of regimes (≥ 80 %)", share >= 0.8)
+        if above and below:  # the comparison needs regimes on both sides of the bound
+            gap = statistics.fmean(above) - statistics.fmean(below)
+            f.add(f"SC's advantage larger above the bound (by {gap:+.3f})", gap > 0)
+    mlp = [x for label, d in diffs.items() if label.startswith("mlp") for _, x, _ in d]
+    if mlp:
+        mean = statistics.fmean(mlp)
+        f.add(f"MLP ≈ SAE (mean difference {signed(mean)}, |·| < 0.05)", abs(mean) < 0.05)
+    f.notes.append("Final test latent MCC, one replica per regime as the paper ran it.")
+    return f
+
+
+def sparsity(jobs: list[Job], claim: str | None = None) -> Finding:
+    f = Finding([["method", "λ", "L0 (test)", "L1 (test)", "test MSE", "test latent MCC"]])
+    points: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for label, js in by_method(jobs).items():
+        for l1 in sorted({j.l1_coeff for j in js}):
+            members = [j for j in js if j.l1_coeff == l1]
+            l0, l1v = final(members, "l0/test"), final(members, "l1/test")
+            mse, mcc = final(members, "loss/mse/test"), final(members)
+            f.table.append([label, f"{l1:g}", pm(l0, 2), pm(l1v, 3), f"{mse[0]:.2e}", pm(mcc)])
+            points[label].append((l0[0], l1v[0], mcc[0]))
+    f.claim = claim or (
+        "Sparse coding is a Pareto improvement over the SAE in MCC at every L0 level, and more "
+        "clearly so against L1."
+    )
+    sc = next((p for m, p in points.items() if m.startswith("sparse_coding")), None)
+    if sc and points.get("sae"):
+        by_l0 = _dominated(points["sae"], sc, 0)
+        by_l1 = _dominated(points["sae"], sc, 1)
+        n = len(points["sae"])
+        f.add(f"every SAE point matched in MCC by an SC point of no larger L0 ({by_l0}/{n})",
+              by_l0 == n)  # fmt: skip
+        f.add(f"… of no larger L1 ({by_l1}/{n})", by_l1 == n)
+    return f
+
+
+def _dominated(base: list[tuple[float, ...]], other: list[tuple[float, ...]], axis: int) -> int:
+    return sum(any(o[axis] <= b[axis] and o[2] >= b[2] for o in other) for b in base)
+
+
+def decoder_gram(jobs: list[Job]) -> Finding:
+    from sparsegap.report.gram import _gram, _latents
+
+    cells: dict[tuple[str, int], float] = {}
+    for job in jobs:
+        gram = _gram(job)
+        if gram is None:
+            continue
+        n = gram.shape[0]
+        off = (gram.sum() - gram.diagonal().sum()) / max(n * (n - 1), 1)
+        base = label_of({**job.config, "encoder": {**job.config["encoder"], "latents": None}})
+        cells[(base, _latents(job))] = float(off)
+    latents = sorted({c for _, c in cells})
+    methods = order_labels({m for m, _ in cells})
+    f = Finding([["mean off-diagonal |DᵀD|", *[f"{c} latents" for c in latents]]])
+    for m in methods:
+        f.table.append([m, *[f"{cells[(m, c)]:.3f}" if (m, c) in cells else "–" for c in latents]])
+    f.claim = (
+        "Sparse coding's learned atoms are nearly orthogonal (|DᵀD| ≈ identity) with as many, more "
+        "or fewer latents than sources; SAE and MLP atoms overlap more (MLP off-diagonals ≈ 0.5)."
+    )
+    sc = [m for m in methods if m.startswith("sparse_coding")]
+    if sc and len(methods) > 1:
+        ok = all(
+            cells[(sc[0], c)]
+            < min(cells[(m, c)] for m in methods if m != sc[0] and (m, c) in cells)
+            for c in latents
+            if (sc[0], c) in cells and any((m, c) in cells for m in methods if m != sc[0])
+        )
+        f.add("SC has the smallest mean off-diagonal at every latent count", ok)
+    f.notes.append(
+        "Replica 0 of each job; beyond M = 8 atoms no dictionary can be orthogonal, so the floor "
+        "is above 0 there."
+    )
+    return f
+
+
+def mlp_width(jobs: list[Job]) -> Finding:
+    by_regime: dict[Any, dict[int, list[Job]]] = defaultdict(lambda: defaultdict(list))
+    for job in jobs:
+        by_regime[job.regime][int(job.config["encoder"]["hidden"])].append(job)
+    widths = sorted({w for r in by_regime.values() for w in r})
+    f = Finding([["regime (N, M, K)", *[f"h={w}" for w in widths], "rank corr."]])
+    corrs = []
+    for regime in sorted(by_regime, key=str):
+        row = [", ".join(str(x) for x in regime)]
+        pairs = []
+        for w in widths:
+            js = by_regime[regime].get(w, [])
+            value = final(js) if js else (math.nan, math.nan)
+            row.append(pm(value) if js else "–")
+            if js:
+                pairs.append((w, value[0]))
+        rho = _spearman(pairs)
+        corrs.append(rho)
+        row.append(signed(rho))
+        f.table.append(row)
+    f.claim = (
+        "Latent and dictionary MCC grow about linearly with the MLP's hidden width, with a slight "
+        "drop at 512; the hardest regime is the most sensitive."
+    )
+    if corrs:
+        text = ", ".join(signed(c) for c in corrs)
+        f.add(f"latent MCC rises with width in every regime (Spearman {text})",
+              all(c > 0 for c in corrs if math.isfinite(c)))  # fmt: skip
+    f.notes.append(
+        "The paper does not name its three regimes; here (16, 8, 3), (32, 12, 5), (64, 16, 9)."
+    )
+    return f
+
+
+def _spearman(pairs: list[tuple[float, float]]) -> float:
+    """Rank correlation (NaN below 3 points or for constant values)."""
+    from scipy.stats import spearmanr
+
+    if len(pairs) < 3:
+        return math.nan
+    with warnings.catch_warnings():  # constant MCC: NaN, said so in the table
+        warnings.simplefilter("ignore")
+        return float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
+
+
+def bias(jobs: list[Job]) -> Finding:
+    from sparsegap.report.ablations import bias_groups
+
+    groups = bias_groups(jobs).get("unknown", {})
+    keys = [("latent_mcc/test", "latent MCC"), ("dictionary_mcc", "dictionary MCC"),
+            ("loss/mse/test", "test MSE"), ("l0/test", "L0")]  # fmt: skip
+    f = Finding([["method", *[f"{name}: without → with biases" for _, name in keys]]])
+    significant: dict[str, list[str]] = {}
+    for label in order_labels(groups):
+        row, sig = [label], []
+        for key, name in keys:
+            without, with_ = groups[label][False], groups[label][True]
+            a, b = _replicas(without, key), _replicas(with_, key)
+            ma, mb = mean_std(a), mean_std(b)
+            fmt = ".2e" if key.startswith("loss") else ".3f"
+            row.append(f"{ma[0]:{fmt}} → {mb[0]:{fmt}}")
+            if _significant(a, b):
+                sig.append(name)
+        significant[label] = sig
+        f.table.append(row)
+    f.claim = (
+        "Biases have no significant effect on MSE, latent MCC, dictionary MCC or L0, except that "
+        "the MLP reaches a higher MCC without biases at a larger L0."
+    )
+    if "sae" in groups:
+        found = ", ".join(significant["sae"]) or "none"
+        f.add(f"SAE: no difference beyond 2 standard errors (found: {found})", found == "none")
+    for label in (m for m in groups if m.startswith("mlp")):
+        gap = final(groups[label][False])[0] - final(groups[label][True])[0]
+        found = ", ".join(significant[label]) or "none"
+        ok = gap > 0 and "latent MCC" in significant[label]
+        f.add(f"{label}: significantly higher latent MCC without biases ({signed(gap)}; beyond "
+              f"2 standard errors: {found})", ok)  # fmt: skip
+    return f
+
+
+def _replicas(jobs: list[Job], key: str) -> list[float]:
+    return [v for j in jobs for v in final_and_best(j, key)[0] if math.isfinite(v)]
+
+
+def _significant(a: list[float], b: list[float]) -> bool:
+    if len(a) < 2 or len(b) < 2:
+        return False
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return abs(statistics.fmean(a) - statistics.fmean(b)) > 2 * se
+
+
+def classical(jobs: list[Job], vanilla: list[Job]) -> Finding:
+    baseline = {m: js for m, js in by_method(vanilla).items() if m in ("sae", "sparse_coding")}
+    methods = {**baseline, **by_method(jobs)}
+    paper = {"sklearn_dl": "(Fig. 14; REFERENCE: 0.984 [0.9996], 1 seed)",
+             "sae": "0.566 [0.745]", "sparse_coding": "0.691 [0.837]"}  # fmt: skip
+    f = Finding(_method_table(methods, paper, dictionary=True))
+    f.claim = (
+        "Classical dictionary learning (scikit-learn, LARS-lasso codes) clearly beats the vanilla "
+        "SAE and sparse coding in latent and dictionary MCC."
+    )
+    classic = [m for m in methods if m.startswith(("sklearn_dl", "dictionary_learning"))]
+    plain = [m for m in ("sae", "sparse_coding") if m in methods]
+    if classic and plain:
+        best_plain = max(final(methods[m])[0] for m in plain)
+        best_plain_dict = max(final(methods[m], "dictionary_mcc")[0] for m in plain)
+        gaps = {m: final(methods[m])[0] - best_plain for m in classic}
+        dict_gaps = {m: final(methods[m], "dictionary_mcc")[0] - best_plain_dict for m in classic}
+        for m in classic:
+            f.add(f"{m} − best vanilla: latent {signed(gaps[m])} (> 0.1), dictionary "
+                  f"{signed(dict_gaps[m])} (> 0)", gaps[m] > 0.1 and dict_gaps[m] > 0)  # fmt: skip
+    f.notes.append(
+        "The SAE and sparse-coding rows are the unknown preset's jobs (same data and seeds)."
+    )
+    return f
+
+
+def topk_sparse_coding(jobs: list[Job]) -> Finding:
+    f = sparsity(
+        jobs,
+        claim=(
+            "Sparse coding's exponentiated codes leave every latent active (L0 = N); a top-k "
+            "operation on the codes enforces L0 ≤ k (the paper's top-k optimisation was hampered "
+            "by its learning rate, so its MSE and MCC were not better)."
+        ),
+    )
+    methods = by_method(jobs)
+    plain, topk = methods.get("sparse_coding"), methods.get("sparse_coding-topk")
+    f.holds, f.check, f.parts = None, "", []
+    if plain and topk:
+        k = topk[0].regime[2]
+        l0_plain, l0_topk = final(plain, "l0/test")[0], final(topk, "l0/test")[0]
+        gap = final(topk)[0] - final(plain)[0]
+        f.add(f"exponentiated codes leave more than k latents active (L0 {l0_plain:.2f})",
+              l0_plain > k)  # fmt: skip
+        f.add(f"top-k codes have L0 ≤ k = {k} ({l0_topk:.2f})", l0_topk <= k + 1e-9)
+        f.notes.append(f"Latent MCC, top-k − exponentiated, all λ pooled: {signed(gap)}.")
+    return f
+
+
+# ---------------------------------------------------------------- settings, sweeps, document
+
+
+def settings_of(preset: Preset, jobs: list[Job], total: int) -> tuple[bool, str]:
+    """Whether the completed jobs ran at the paper's settings, and a line saying so."""
+    if not jobs:
+        return False, "**not run** (no completed job)"
+    steps = sorted({int(j.config.get("steps") or 0) for j in jobs})
+    replicas = sorted({int(j.config.get("replicas") or 1) for j in jobs})
+    biases = sorted({bool(j.config.get("encoder", {}).get("bias", False)) for j in jobs})
+    paper = min(steps) >= preset.steps and min(replicas) >= preset.replicas
+    complete = len(jobs) >= preset.jobs
+    text = (
+        f"steps {'/'.join(f'{s:,}' for s in steps)} (paper {preset.steps:,}), "
+        f"replicas {'/'.join(map(str, replicas))} (paper {preset.replicas}), "
+        f"encoder biases {'/'.join(map(str, biases))}, "
+        f"{len(jobs)} completed of {total} jobs found (full grid {preset.jobs})"
+    )
+    if paper and complete:
+        return True, f"**paper settings**: {text}"
+    if paper:
+        return False, f"**paper settings, partial grid**: {text}"
+    return False, f"**reduced settings, not a reproduction**: {text}"
+
+
+def find_sweeps(roots: list[Path], explicit: dict[str, Path]) -> dict[str, Path]:
+    """preset → sweep folder: ``--sweep`` first, else ``<root>/<preset>``, else the newest
+    ``<root>/<time>-<preset>`` (the presets' own sweep folder names)."""
+    found: dict[str, Path] = {}
+    for preset in PRESETS:
+        if preset.name in explicit:
+            found[preset.name] = explicit[preset.name]
+            continue
+        for root in roots:
+            exact = root / preset.name
+            stamped = sorted(root.glob(f"*-{preset.name}")) if root.is_dir() else []
+            if exact.is_dir():
+                found[preset.name] = exact
+            elif stamped:
+                found[preset.name] = stamped[-1]
+    return found
+
+
+def shown(path: Path) -> str:
+    """A path as the document may show it: relative to the working directory, never absolute."""
+    try:
+        rel = Path(os.path.relpath(path.resolve(), Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+    return path.name if rel.parts and rel.parts[0] == ".." else rel.as_posix()
+
+
+def ensure_report(sweep: Path) -> Path:
+    """The sweep's report folder, written by ``sparsegap-report`` unless already there."""
+    from sparsegap.report.__main__ import make_report
+
+    out = sweep / "report"
+    if not (out / "summary.md").exists():
+        make_report(sweep, out)
+    return out
+
+
+def figures_for(preset: Preset, report: Path, dest: Path) -> list[str]:
+    """Copy the preset's figures (PNG) into ``dest``; returns their names."""
+    names = []
+    for stem in preset.figures:
+        for png in sorted(report.glob(f"{stem}*.png")) + sorted(report.glob(f"curves/{stem}*.png")):
+            name = f"{preset.name}_{png.name}"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, dest / name)
+            names.append(name)
+    return names
+
+
+def _settings_label(at_paper: bool, text: str, ran: bool) -> str:
+    if at_paper:
+        return "paper"
+    if "partial grid" in text:
+        return "paper, partial grid"
+    return "reduced" if ran else "not run"
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+FINDINGS: dict[str, Callable[..., Finding]] = {
+    "known_codes": known_codes,
+    "known_dictionary": known_dictionary,
+    "unknown": unknown,
+    "regimes": regimes,
+    "sparsity": sparsity,
+    "decoder_gram": decoder_gram,
+    "mlp_width": mlp_width,
+    "bias": bias,
+    "classical": classical,
+    "topk_sparse_coding": topk_sparse_coding,
+}
+
+
+def write_reproduction(
+    sweeps: dict[str, Path],
+    docs: Path,
+    quick: bool = False,
+    command: str = "",
+    notes: list[str] | None = None,
+) -> Path:
+    """Write ``docs/REPRODUCTION.md`` and its figures from the finished (or partial) sweeps."""
+    docs.mkdir(parents=True, exist_ok=True)
+    fig_dir = docs / "figures" / "reproduction"
+    if fig_dir.exists():
+        shutil.rmtree(fig_dir)
+    loaded = {name: load_jobs(path) for name, path in sweeps.items()}
+    completed = {name: [j for j in jobs if j.finished] for name, jobs in loaded.items()}
+    head = [
+        "# Reproduction of the paper's synthetic results (§4, App. C–F)",
+        "",
+        "Generated by `python -m sparsegap.report.reproduction` "
+        f"({command or 'see the module docstring'}). Values are final **test** values at the "
+        "last evaluation, mean ± std over replicas; dictionary MCC is the authors' (Pearson). "
+        "Each claim is checked by a computation on our runs, stated beside it.",
+        "",
+    ]
+    if quick:
+        head += [
+            "> **Quick settings (`make paper QUICK=1`)**: 200 steps, 2 replicas, 256 + 256 "
+            "samples, small grids. This exercises the pipeline; its numbers are **not** a "
+            "reproduction and its checks mean nothing.",
+            "",
+        ]
+    status_rows = [["result", "paper", "preset", "sweep", "settings", "claim"]]
+    body: list[str] = []
+    for preset in PRESETS:
+        jobs = completed.get(preset.name, [])
+        total = len(loaded.get(preset.name, []))
+        at_paper, settings = settings_of(preset, jobs, total)
+        finding: Finding | None = None
+        if jobs:
+            if preset.name == "classical":
+                finding = classical(jobs, completed.get("unknown", []))
+            else:
+                finding = FINDINGS[preset.name](jobs)
+        sweep = sweeps.get(preset.name)
+        status_rows.append([
+            preset.title, preset.where, f"`{preset.name}`",
+            f"`{shown(sweep)}`" if sweep else "–",
+            _settings_label(at_paper, settings, bool(jobs)),
+            finding.verdict if finding else "–",
+        ])  # fmt: skip
+        body += [f"## {preset.title} ({preset.where})", "", f"Preset `{preset.name}`. {settings}."]
+        if sweep is not None:
+            body.append(f"Sweep folder: `{shown(sweep)}`.")
+        body.append("")
+        if finding is None:
+            body += [
+                f"Not run yet: `python -m sparsegap -m +experiment={preset.name} "
+                "hydra/launcher=local`, then regenerate this file.",
+                "",
+            ]
+            continue
+        body += [_markdown_table(finding.table), ""]
+        body += [f"**Paper's claim.** {finding.claim}", ""]
+        body += [f"**Check.** {finding.check or 'not computable from these runs'} → "
+                 f"{finding.verdict}.", ""]  # fmt: skip
+        for note in finding.notes:
+            body += [f"*Note.* {note}", ""]
+        if sweep is not None:
+            for name in figures_for(preset, ensure_report(sweep), fig_dir):
+                body += [f"![{preset.title}](figures/reproduction/{name})", ""]
+    head += [f"> {note}\n" for note in notes or []]
+    head += [
+        "## Overview",
+        "",
+        "*settings*: **paper** = the paper's steps and replicas over the preset's whole grid; "
+        "**paper, partial grid** = the paper's steps and replicas, some of the grid's jobs; "
+        "**reduced** = fewer steps or replicas (not a reproduction); "
+        "**not run** = no finished sweep yet. `make paper` runs every preset at the paper's "
+        "settings and regenerates this file.",
+        "",
+        _markdown_table(status_rows),
+        "",
+    ]
+    path = docs / "REPRODUCTION.md"
+    path.write_text("\n".join(head + body).rstrip() + "\n")
+    return path
+
+
+def run_presets(out: Path, quick: bool) -> dict[str, float]:
+    """Run every preset into ``out/<preset>`` and report it; returns wall seconds per preset.
+    A preset whose multirun fails partly goes on: its failed jobs are listed in the report."""
+    from sparsegap.report.__main__ import make_report
+
+    seconds = {}
+    for preset in PRESETS:
+        overrides = [*LAUNCH, f"hydra.sweep.dir={out / preset.name}"]
+        if quick:
+            overrides += [*QUICK_COMMON, *preset.quick]
+        command = [
+            sys.executable,
+            "-m",
+            "sparsegap",
+            "-m",
+            f"+experiment={preset.name}",
+            *overrides,
+        ]
+        print(f"== {preset.name}: {' '.join(command[1:])}", flush=True)
+        start = time.perf_counter()
+        result = subprocess.run(command, check=False)
+        if result.returncode != 0:
+            print(f"   {preset.name}: some jobs failed (exit {result.returncode}); see its report")
+        if (out / preset.name).is_dir():
+            make_report(out / preset.name)
+        seconds[preset.name] = time.perf_counter() - start
+        print(f"   {preset.name}: {seconds[preset.name]:.0f} s", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sparsegap.report.reproduction",
+        description="Run the paper's presets and/or write REPRODUCTION.md from their sweeps.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run every preset into OUT/<preset>, then write")
+    run.add_argument("out", type=Path)
+    run.add_argument("--quick", action="store_true", help="few steps, 2 replicas, small grids")
+    write = sub.add_parser("write", help="write REPRODUCTION.md from existing sweeps")
+    write.add_argument("roots", type=Path, nargs="*", help="folders holding the sweeps")
+    write.add_argument("--sweep", action="append", default=[], metavar="PRESET=DIR",
+                       help="the sweep folder of one preset (repeatable)")  # fmt: skip
+    write.add_argument("--quick", action="store_true", help="label the document as quick")
+    write.add_argument("--note", action="append", default=[], help="a paragraph under the header")
+    for p in (run, write):
+        p.add_argument("--docs", type=Path, default=Path("docs"), help="where REPRODUCTION.md goes")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.action == "run":
+        run_presets(args.out, args.quick)
+        sweeps = find_sweeps([args.out], {})
+        command = f"`make paper{' QUICK=1' if args.quick else ''}`"
+    else:
+        explicit = {}
+        for item in args.sweep:
+            name, _, folder = item.partition("=")
+            if name not in BY_NAME or not folder:
+                parser.error(
+                    f"--sweep {item!r}: expected PRESET=DIR with PRESET in {list(BY_NAME)}"
+                )
+            explicit[name] = Path(folder)
+        sweeps = find_sweeps(args.roots, explicit)
+        command = "`write` from existing sweeps"
+    notes = getattr(args, "note", [])
+    path = write_reproduction(sweeps, args.docs, args.quick, command, notes)
+    print(f"wrote {path} ({len(sweeps)} of {len(PRESETS)} presets found) "
+          f"in {time.perf_counter() - start:.0f} s wall")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The GPU benchmark's CPU path (--small): a framework row through main() and the check that the
+prototype fast SAE step takes exactly the framework's steps. (Its harvesting rows run the code
+tests/test_lm_pipeline.py covers; they are left to `make bench-gpu`.)"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsegap import bench_gpu
+
+
+def test_bench_gpu_small_on_cpu(capsys):
+    threads = torch.get_num_threads()
+    try:
+        args = ["--small", "--device", "cpu", "--seconds", "0.05", "--only", "framework fp32"]
+        code = bench_gpu.main(args)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "device: cpu" in out and "torch " in out
+    for row in ("SAE 64→512: framework fp32", "MLP 64→128→512: framework fp32"):
+        line = next(line for line in out.splitlines() if row in line)
+        assert " M " in line, line  # a measured rate, not "failed"
+    assert "prototype vs framework, fp32, 5 steps" in out
+
+
+def test_prototype_step_matches_the_framework_and_moves():
+    shape = bench_gpu.SMALL
+    trainer, model = bench_gpu.framework_step(shape, "sae", torch.device("cpu"), lr=1e-3)
+    before = model.decoder.weight[0].clone()
+    assert bench_gpu.check_fast_step(shape, torch.device("cpu")) < 1e-5
+    trainer()
+    assert (model.decoder.weight[0] - before).abs().max() > 1e-5

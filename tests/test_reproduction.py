@@ -1,0 +1,86 @@
+"""``make paper``'s REPRODUCTION.md: settings detection, sweep discovery, claim verdicts (fast),
+and the whole QUICK path end to end (``paper`` marker: only ``make test-slow`` runs it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsegap.report.collect import Job
+from sparsegap.report.reproduction import (
+    BY_NAME,
+    PRESETS,
+    Finding,
+    find_sweeps,
+    settings_of,
+    write_reproduction,
+)
+
+
+def _job(steps: int, replicas: int) -> Job:
+    config = {"steps": steps, "replicas": replicas, "encoder": {"name": "sae", "bias": True}}
+    return Job(Path("j"), "j", "completed", None, config, [], 1.0)
+
+
+def test_settings_tell_paper_partial_and_reduced_runs_apart():
+    preset = BY_NAME["bias"]  # 40,000 steps, 5 replicas, 6 jobs
+    assert settings_of(preset, [_job(40_000, 5)] * 6, 6)[0]
+    partial = settings_of(preset, [_job(40_000, 5)] * 4, 4)
+    assert not partial[0] and "partial grid" in partial[1]
+    reduced = settings_of(preset, [_job(200, 2)] * 6, 6)
+    assert not reduced[0] and "reduced settings, not a reproduction" in reduced[1]
+    assert "not run" in settings_of(preset, [], 0)[1]
+
+
+def test_a_claim_with_a_failed_part_is_partly_reproduced():
+    finding = Finding()
+    finding.add("first", True)
+    assert finding.holds and finding.verdict == "**holds**"
+    finding.add("second", False)
+    assert finding.holds is False and finding.verdict == "**partly** (1 of 2 parts)"
+    assert "first ✓" in finding.check and "second ✗" in finding.check
+
+
+def test_sweeps_are_found_by_preset_name_newest_first(tmp_path):
+    for name in ("2026-01-01_00-00-00-unknown", "2026-02-01_00-00-00-unknown", "bias", "x-biasy"):
+        (tmp_path / name).mkdir()
+    found = find_sweeps([tmp_path], {"regimes": tmp_path / "elsewhere"})
+    assert found["unknown"].name == "2026-02-01_00-00-00-unknown"
+    assert found["bias"].name == "bias" and found["regimes"].name == "elsewhere"
+    assert "known_codes" not in found
+
+
+def test_every_result_is_listed_even_when_nothing_ran(tmp_path):
+    path = write_reproduction({}, tmp_path, quick=True)
+    text = path.read_text()
+    assert "Quick settings" in text
+    for preset in PRESETS:
+        assert f"`{preset.name}`" in text and preset.where in text
+    assert text.count("not run") >= len(PRESETS)
+
+
+@pytest.mark.slow
+@pytest.mark.paper  # minutes on 2 shared cores: `make test-slow`, not `make test`
+def test_make_paper_quick_writes_reproduction_and_figures(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sparsegap.report.reproduction", "run", "sweeps", "--quick",
+         "--docs", "docs"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = (tmp_path / "docs" / "REPRODUCTION.md").read_text()
+    assert "Quick settings" in text
+    for preset in PRESETS:
+        assert (tmp_path / "sweeps" / preset.name / "report" / "summary.md").exists(), preset.name
+        assert f"## {preset.title}" in text
+    assert "not run yet" not in text.lower()
+    figures = list((tmp_path / "docs" / "figures" / "reproduction").glob("*.png"))
+    stems = {f.name.split("_", 1)[0] for f in figures}
+    assert len(figures) >= len(PRESETS) and {"regimes", "decoder", "mlp", "bias"} <= stems
+    assert all(f"figures/reproduction/{f.name}" in text for f in figures)
+    assert str(tmp_path) not in text  # paths in the document are relative
