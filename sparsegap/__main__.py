@@ -7,12 +7,9 @@ so far stay on disk).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -28,16 +25,10 @@ from sparsegap.config import (
     to_container,
     validate,
 )
-from sparsegap.runtime import keep_freed_memory
+from sparsegap.runtime import keep_freed_memory, raise_on_sigterm
 from sparsegap.tracking import Tracker
 
 register_configs()
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    # Turn SIGTERM (scheduler pre-emption, `kill`) into an exception so the tracker marks the
-    # run failed and closes its files instead of the process vanishing mid-run.
-    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None) -> float:
@@ -128,9 +119,7 @@ def main(cfg: DictConfig) -> float:
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     overrides = ",".join(hydra_cfg.overrides.task) or "defaults"
     name = f"{cfg.scenario.name}-{cfg.encoder.name}-{overrides}"[:120]
-    # Outside the main thread (some launchers) signals cannot be handled: keep the default.
-    with contextlib.suppress(ValueError):
-        signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     try:
         return run(cfg, Path(hydra_cfg.runtime.output_dir), group=group, name=name)
     except ConfigError as error:
