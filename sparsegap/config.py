@@ -242,7 +242,7 @@ class DictionaryLearningConfig(EncoderConfig):
     ridge: float = 1e-6  # ε of the least-squares update, relative to the mean diagonal of S·Sᵀ
     resample_dead: bool = True  # restart unused and near-duplicate atoms at a random residual
     duplicate_cosine: float = 0.95  # resample_dead: atoms with |cosine| above this are duplicates
-    restarts: int = 9  # extra candidate dictionaries per replica; the lowest objective is kept
+    restarts: int = 19  # extra candidate dictionaries per replica; the lowest objective is kept
     test_iterations: int | None = 300  # inference iterations for test codes; null = inference's
     inference: InferenceConfig = field(default_factory=_dl_inference)
 
