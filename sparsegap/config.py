@@ -48,6 +48,9 @@ class DataConfig:
     K: int = 3  # active sources per sample (fixed_k: exactly, uniformly; bernoulli: expected L0)
     train_samples: int = 1024
     test_samples: int = 1024
+    # > 0: train on batches of this many samples drawn on the fly (data.train_samples per epoch,
+    # the same batches every epoch), never holding the training set; 0 = the paper's full batch.
+    stream_batch: int = 0
     magnitude: str = (
         "abs_normal"  # law of the active values: abs_normal | normal | exponential | uniform
     )
@@ -521,6 +524,14 @@ def validate(cfg: DictConfig) -> None:
             f"encoder={e.name} does not apply to data=lm: it keeps state per sample of a fixed"
             " training set, and activations stream (each token is seen once). Encoders for"
             f" data=lm: {', '.join(allowed)}."
+        )
+    stream = 0 if lm else cfg.data.get("stream_batch", 0)
+    _need(stream >= 0, "data.stream_batch", stream, "must be >= 0 (0 = the full training batch)")
+    if stream > 0 and e.name in PER_SAMPLE_ENCODERS:
+        raise ConfigError(
+            f"encoder={e.name} does not apply with data.stream_batch={stream}: it keeps state per"
+            " sample of a fixed training set. Use data.stream_batch=0 (the full batch) or an"
+            " encoder without per-sample state."
         )
     if e.latents is not None:
         _need(e.latents >= 1, "encoder.latents", e.latents, "must be at least 1 (or null = data.N)")

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from sparsegap import metrics
 from sparsegap.config import fill_defaults, is_lm, latents_of, resolve_device, to_container
-from sparsegap.data import SyntheticData, make_synthetic
+from sparsegap.data import SyntheticData, coherence, make_streamed, make_synthetic
+from sparsegap.data.synthetic import StreamBatch
 from sparsegap.decoder import Decoder
 from sparsegap.encoders import ENCODERS, Encoder
 from sparsegap.encoders.layers import replica_generators
@@ -51,6 +52,12 @@ class Model:
     decoder: Decoder | None
     scenario: Scenario
     device: torch.device
+    # Measured mean and max |cosine| between the true atoms (synthetic data only), logged with
+    # every evaluation so a coherence sweep can be read off its own metrics.
+    true_coherence: dict[str, float] | None = None
+    # data.stream_batch > 0: the training batches, drawn on the fly; ``data`` then holds only the
+    # first of them (train-split metrics) and the test set.
+    stream: Iterator[StreamBatch] | None = None
 
     def losses(
         self,
@@ -125,7 +132,12 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.device.get("tf32", False)
         torch.backends.cudnn.allow_tf32 = cfg.device.get("tf32", False)
-    data = None if is_lm(cfg) else make_synthetic(cfg.data).to(device)
+    data, stream = None, None
+    if not is_lm(cfg) and cfg.data.get("stream_batch", 0) > 0:
+        data, stream = make_streamed(cfg.data)
+        data = data.to(device)
+    elif not is_lm(cfg):
+        data = make_synthetic(cfg.data).to(device)
     dim = cfg.data.dim if data is None else cfg.data.M
     scenario = SCENARIOS[cfg.scenario.name]
     latents = latents_of(cfg)
@@ -135,7 +147,7 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
         dim=dim,
         latents=latents,
         generators=generators,
-        train_samples=cfg.data.batch_tokens if data is None else cfg.data.train_samples,
+        train_samples=cfg.data.batch_tokens if data is None else data.x_train.shape[1],
         l1_coeff=cfg.l1_coeff,
     )
     decoder = None
@@ -148,7 +160,8 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
             fixed=data.dictionary if scenario.decoder == "fixed" else None,
         )
         decoder.to(device)
-    return Model(cfg, data, encoder.to(device), decoder, scenario, device)
+    true_coherence = None if data is None else coherence(data.dictionary)
+    return Model(cfg, data, encoder.to(device), decoder, scenario, device, true_coherence, stream)
 
 
 @torch.no_grad()
@@ -187,6 +200,9 @@ def evaluate(model: Model, step: int, train_flops: Flops, started: float, traine
         record[f"l0/{split}"] = metrics.l0(codes).tolist()
         record[f"l1/{split}"] = metrics.l1(codes).tolist()
     record["dead_latents/test"] = metrics.dead_latents(codes_test).tolist()
+    if model.true_coherence is not None:
+        for kind, value in model.true_coherence.items():
+            record[f"data/coherence_{kind}"] = value
     _check_finite(record, "loss/total/train", step)
     return record
 
@@ -262,7 +278,10 @@ class Step:
     ) -> None:
         cfg, encoder, decoder = model.cfg, model.encoder, model.decoder
         self.model, self.track = model, track
-        if batches is None:
+        if batches is None and model.stream is not None:
+            device = model.device
+            batches = ((b.x.to(device), b.codes.to(device)) for b in model.stream)
+        elif batches is None:
             assert model.data is not None
             batches = itertools.repeat(model.data.x_train)
         self.batches = batches
@@ -288,7 +307,9 @@ class Step:
         )
         true_codes = None if model.data is None else model.data.codes_train
 
-        def objective(x: Tensor, l1_coeff: float | Tensor) -> tuple[Tensor, Losses, Tensor]:
+        def objective(
+            x: Tensor, l1_coeff: float | Tensor, true_codes: Tensor | None = true_codes
+        ) -> tuple[Tensor, Losses, Tensor]:
             codes = encoder(x)
             losses = model.losses(x, true_codes, codes, l1_coeff)
             return losses.total.sum(), losses, codes
@@ -298,7 +319,9 @@ class Step:
 
     def __call__(self) -> None:
         model = self.model
-        x = next(self.batches)
+        x, true_codes = next(self.batches), None
+        if isinstance(x, tuple):  # a streamed synthetic batch: its own true codes
+            x, true_codes = x
         if not model.trains:
             return
         if model.decoder is not None:
@@ -324,13 +347,20 @@ class Step:
         self.optimiser.zero_grad()
         if self.autocast:
             with torch.autocast(model.device.type, dtype=torch.bfloat16):
-                total, losses, codes = self.loss_fn(x, l1_coeff)
+                total, losses, codes = self._loss(x, l1_coeff, true_codes)
         else:
-            total, losses, codes = self.loss_fn(x, l1_coeff)
+            total, losses, codes = self._loss(x, l1_coeff, true_codes)
         total.backward()
         self.optimiser.step()
         if self.track:
             self._accumulate(losses, codes.detach())
+
+    def _loss(
+        self, x: Tensor, l1_coeff: float | Tensor, true_codes: Tensor | None
+    ) -> tuple[Tensor, Losses, Tensor]:
+        if true_codes is None:  # the full batch: the objective's own training codes
+            return self.loss_fn(x, l1_coeff)
+        return self.loss_fn(x, l1_coeff, true_codes)
 
     @torch.no_grad()
     def _accumulate(self, losses: Losses, codes: Tensor) -> None:

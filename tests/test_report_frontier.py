@@ -15,6 +15,7 @@ from sparsegap.report.__main__ import make_report
 from sparsegap.report.aggregate import group
 from sparsegap.report.collect import load_jobs
 from sparsegap.report.frontier import Point, gap_statement, pareto_front, points_of
+from sparsegap.train import build
 
 NAN = math.nan
 
@@ -61,12 +62,26 @@ def test_the_preset_sweeps_every_method_with_its_training_length():
     preset = yaml.safe_load((CONF / "experiment" / "frontier.yaml").read_text())
     methods = preset["hydra"]["sweeper"]["params"]["+method"].split(",")
     assert len(methods) == 13 and len(set(methods)) == 13
-    assert {p.stem for p in (CONF / "method").glob("*.yaml")} == set(methods)
+    known = yaml.safe_load((CONF / "experiment" / "frontier_known_dictionary.yaml").read_text())
+    known_methods = known["hydra"]["sweeper"]["params"]["+method"].split(",")
+    assert {p.stem for p in (CONF / "method").glob("*.yaml")} == set(methods) | set(known_methods)
     for method in ("sae", "dictionary_learning"):
         overrides = ["+experiment=frontier", f"+method={method}", "scenario.steps=1234"]
         cfg = compose_config(overrides, fast=False)
         assert cfg.encoder.name == method and cfg.scenario.name == "unknown"
         assert cfg.steps == (300 if method == "dictionary_learning" else 1234)
+
+
+def test_the_known_dictionary_preset_runs_only_methods_that_apply():
+    preset = yaml.safe_load((CONF / "experiment" / "frontier_known_dictionary.yaml").read_text())
+    for method in preset["hydra"]["sweeper"]["params"]["+method"].split(","):
+        cfg = compose_config(["+experiment=frontier_known_dictionary", f"+method={method}"])
+        assert cfg.scenario.name == "known_dictionary"
+        build(cfg)  # validation and construction: a method that cannot use a fixed dictionary fails
+    scratch = compose_config(
+        ["+experiment=frontier_known_dictionary", "+method=sae_ito_fista_scratch"]
+    )
+    assert scratch.encoder.init == "scratch"
 
 
 TINY = ["steps=20", "eval_every=10", "data.train_samples=256", "data.test_samples=128",

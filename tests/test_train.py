@@ -166,3 +166,15 @@ def test_zero_steps_evaluates_the_initialisation_once(tmp_path):
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == [0]
     assert read_summary(tmp_path)["status"] == "completed"
+
+
+def test_the_measured_coherence_of_the_true_dictionary_is_logged(tmp_path):
+    overrides = ["steps=2", "eval_every=1", "replicas=1", "data.dictionary=coherent",
+                 "data.coherence_target=0.3", "data.coherence_kind=mean"]  # fmt: skip
+    run(compose_config(overrides), tmp_path)
+    records = read_metrics(tmp_path)
+    assert all(abs(r["data/coherence_mean"] - 0.3) <= 0.05 * 0.3 for r in records)
+    assert all(r["data/coherence_max"] >= r["data/coherence_mean"] for r in records)
+    assert (
+        read_summary(tmp_path)["final"]["data/coherence_mean"] == records[-1]["data/coherence_mean"]
+    )

@@ -32,11 +32,13 @@ __all__ = [
     "SyntheticData",
     "SyntheticStream",
     "importance_weights",
+    "make_streamed",
     "make_synthetic",
     "sample_magnitudes",
 ]
 
 SNR_CALIBRATION_SAMPLES = 16_384  # streams: signal power measured on one calibration batch
+HELD_OUT_INDEX = -2  # streamed training: the test set is this batch of the stream
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,13 @@ class SyntheticStream:
             size = min(size, self.samples - index * self.batch_size)
             if size <= 0:
                 raise IndexError(f"batch {index} is past the end ({self.samples} samples)")
+        return self._assemble(size, index)
+
+    def held_out(self, size: int) -> StreamBatch:
+        """``size`` samples drawn apart from every training batch (a streamed run's test set)."""
+        return self._assemble(size, HELD_OUT_INDEX)
+
+    def _assemble(self, size: int, index: int) -> StreamBatch:
         x, sample, feature, values, offsets = self._clean(size, index)
         if self.noise_std > 0:
             g = torch.Generator().manual_seed(_batch_seed(self.cfg.seed, index) ^ 0x5EED)
@@ -242,3 +251,22 @@ class SyntheticStream:
                 for i in itertools.islice(indices, 1):
                     pending.append(pool.submit(self.batch, i))
                 yield done
+
+
+def make_streamed(cfg) -> tuple[SyntheticData, Iterator[StreamBatch]]:
+    """Training batches of ``cfg.stream_batch`` samples drawn on the fly, epoch after epoch
+    (``cfg.train_samples`` per epoch, the same batches each epoch), and a ``SyntheticData`` that
+    holds only what evaluation needs: the first training batch (train-split metrics) and a
+    held-out test set of ``cfg.test_samples``. The dictionary and laws are ``make_synthetic``'s;
+    the samples are other draws (see ``SyntheticStream``)."""
+    stream = SyntheticStream(cfg, cfg.stream_batch, samples=cfg.train_samples, dense_codes=True)
+    first, test = stream.batch(0), stream.held_out(cfg.test_samples)
+    data = SyntheticData(
+        x_train=first.x,
+        x_test=test.x,
+        codes_train=first.codes,
+        codes_test=test.codes,
+        dictionary=stream.dictionary,
+        importance=stream.importance,
+    )
+    return data, itertools.chain.from_iterable(map(iter, itertools.repeat(stream)))
