@@ -25,7 +25,7 @@ from sparsegap.config import (
     to_container,
     validate,
 )
-from sparsegap.runtime import keep_freed_memory, raise_on_sigterm
+from sparsegap.runtime import keep_freed_memory, run_entry_point
 from sparsegap.tracking import Tracker
 
 register_configs()
@@ -119,14 +119,8 @@ def main(cfg: DictConfig) -> float:
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
     overrides = ",".join(hydra_cfg.overrides.task) or "defaults"
     name = f"{cfg.scenario.name}-{cfg.encoder.name}-{overrides}"[:120]
-    raise_on_sigterm()
-    try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir), group=group, name=name)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        if multirun:
-            raise
-        sys.exit(2)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    return run_entry_point(lambda: run(cfg, run_dir, group=group, name=name), multirun)
 
 
 if __name__ == "__main__":

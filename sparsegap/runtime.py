@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _M_TRIM_THRESHOLD = -1
@@ -34,6 +35,22 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def run_entry_point(task: Callable[[], float], multirun: bool) -> float:
+    """Run an entry point's task with SIGTERM turned into an exception (see
+    ``raise_on_sigterm``). An invalid config is one ``error:`` line on stderr and exit code 2;
+    in a multirun it is re-raised instead, so Hydra marks that job failed and runs the others."""
+    from sparsegap.config import ConfigError
+
+    raise_on_sigterm()
+    try:
+        return task()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if multirun:
+            raise
+        sys.exit(2)
 
 
 def raise_on_sigterm() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,8 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparsegap.autointerp.config import register_configs, validate
-from sparsegap.config import ConfigError
-from sparsegap.runtime import raise_on_sigterm
+from sparsegap.runtime import run_entry_point
 
 register_configs()
 
@@ -46,14 +44,7 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and cfg.logger.name == "wandb" and cfg.logger.group is None:
         cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # the jobs of a sweep share a group
-    raise_on_sigterm()
-    try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        if multirun:
-            raise
-        sys.exit(2)
+    return run_entry_point(lambda: run(cfg, Path(hydra_cfg.runtime.output_dir)), multirun)
 
 
 if __name__ == "__main__":
