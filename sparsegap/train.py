@@ -315,7 +315,17 @@ class Step:
             return losses.total.sum(), losses, codes
 
         self.loss_fn = torch.compile(objective) if cfg.compile else objective
-        self.fast = bool(cfg.encoder.get("fast_step", False))
+        # The encoder's hand-written step where it equals autograd's: a reconstruction loss
+        # (scenarios with a decoder) with no per-feature weights and nothing compiled.
+        weighted = model.data is not None and cfg.data.get("importance", "none") != "none"
+        self.fast = (
+            encoder.has_fast_step
+            and bool(cfg.encoder.get("fast_step", False))
+            and decoder is not None
+            and encoder.l1_penalty
+            and not weighted
+            and not cfg.compile
+        )
 
     def __call__(self) -> None:
         model = self.model
@@ -336,12 +346,18 @@ class Step:
         if self.l1_warmup > 0:  # a tensor, so a compiled loss does not recompile
             ramp = min(1.0, t / self.l1_warmup)
             l1_coeff = torch.tensor(self.l1_coeff * ramp, device=model.device)
-        if self.fast:  # encoder.fast_step: the SAE's hand-written forward and backward
+        if self.fast:  # the encoder's hand-written forward and backward (Encoder.fast_step)
             assert model.decoder is not None
             low = torch.bfloat16 if self.autocast else x.dtype
-            mse, l1, codes = model.encoder.fast_step(x, model.decoder.weight, l1_coeff, low)
+            decoder = model.decoder.weight
+            mse, l1, codes, grad_atoms = model.encoder.fast_step(
+                x.to(low), decoder.detach().to(low), l1_coeff, model.decoder.learned, self.track
+            )
+            if grad_atoms is not None:
+                decoder.grad = grad_atoms.to(decoder.dtype)
             self.optimiser.step()
             if self.track:
+                assert mse is not None and l1 is not None
                 self._accumulate(Losses(total=mse + l1_coeff * l1, mse=mse, l1=l1), codes)
             return
         self.optimiser.zero_grad()

@@ -8,7 +8,8 @@ except for two hooks by which an encoder adapts the scenario's reconstruction lo
 training objective: ``l1_penalty`` (whether the scenario's L1 term is added; it is always logged)
 and ``auxiliary_losses`` (extra named terms added to the total and logged as ``loss/<name>``),
 and one by which a gradient-free encoder (dictionary learning) replaces the Adam step with its own
-update: ``train_step`` (with ``train_step_flops``).
+update: ``train_step`` (with ``train_step_flops``). Encoders may also offer ``fast_step``: the same
+training step as autograd would take on a reconstruction loss, written out by hand.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Encoder(nn.Module):
     # sparsity comes from elsewhere (TopK activations, an L0 penalty, a gate penalty) set False;
     # the term is still computed and logged as loss/l1.
     l1_penalty: ClassVar[bool] = True
+    # Whether ``fast_step`` is implemented; the loop uses it for reconstruction losses unless
+    # ``encoder.fast_step=false``.
+    has_fast_step: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -70,6 +74,23 @@ class Encoder(nn.Module):
         """FLOPs of ``auxiliary_losses`` forward and backward in one training step, per replica
         (``decoder``: whether the scenario has one)."""
         return Flops()
+
+    def fast_step(
+        self,
+        x: Tensor,
+        atoms: Tensor,
+        l1_coeff: float | Tensor,
+        atoms_grad: bool,
+        losses: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]:
+        """Forward and hand-written backward of mse + l1_coeff·mean(codes) against ``atoms``
+        (R, M, L), with no autograd graph (at the paper's size a step costs more in per-kernel
+        overhead than in arithmetic). Sets the encoder parameters' ``.grad`` exactly as autograd
+        would and returns per replica (mse, mean(codes)) (None, None unless ``losses``), the codes
+        and the atoms' gradient (None unless ``atoms_grad``). x and atoms arrive in the dtype the
+        matmuls run in (bfloat16 under ``device.autocast=bf16``); gradients are stored in the
+        parameters' dtype."""
+        raise NotImplementedError(f"encoder {self.name} has no hand-written step")
 
     def train_step(self, x: Tensor, decoder: Decoder | None) -> bool:
         """Hook for encoders trained without gradients (classical dictionary learning): one

@@ -58,10 +58,32 @@ class ReplicaLinear(nn.Module):
         self.bias = nn.Parameter(uniform_init(generators, (fan_out, 1), bound)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight if x.dtype == self.weight.dtype else self.weight.to(x.dtype)
         if x.dim() == 2:
             # Shared input: one GEMM with all replicas' rows stacked is faster than R small ones.
-            w = self.weight.reshape(self.replicas * self.fan_out, self.fan_in)
+            w = weight.reshape(self.replicas * self.fan_out, self.fan_in)
             y = (w @ x).view(self.replicas, self.fan_out, x.shape[1])
         else:
-            y = torch.bmm(self.weight, x)
-        return y + self.bias if self.bias is not None else y
+            y = torch.bmm(weight, x)
+        if self.bias is None:
+            return y
+        bias = self.bias.to(x.dtype)
+        # In place when no graph is recorded (hand-written steps): one pass fewer over y.
+        return y + bias if torch.is_grad_enabled() else y.add_(bias)
+
+    @torch.no_grad()
+    def backward_(self, x: Tensor, grad_out: Tensor, input_grad: bool = False) -> Tensor | None:
+        """Hand-written backward of ``forward(x)`` for the upstream gradient ``grad_out``
+        (R, out, B): sets the weight's and bias's ``.grad`` (in their dtype) and returns the
+        gradient with respect to x (R, in, B, in grad_out's dtype) when ``input_grad``."""
+        replicas, fan_out, samples = grad_out.shape
+        if x.dim() == 2:  # shared input: one GEMM over the stacked rows, as in forward
+            grad_w = (grad_out.reshape(replicas * fan_out, samples) @ x.T).view(self.weight.shape)
+        else:
+            grad_w = torch.bmm(grad_out, x.transpose(1, 2))
+        self.weight.grad = grad_w.to(self.weight.dtype)
+        if self.bias is not None:
+            self.bias.grad = grad_out.sum(dim=2, keepdim=True).to(self.bias.dtype)
+        if not input_grad:
+            return None
+        return torch.bmm(self.weight.to(grad_out.dtype).transpose(1, 2), grad_out)

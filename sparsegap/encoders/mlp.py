@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
+from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
 @register_encoder
 class MLP(Encoder):
     name = "mlp"
+    has_fast_step = True
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
@@ -21,6 +24,25 @@ class MLP(Encoder):
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         return self.out(self.hidden(x).relu()).relu()
+
+    @torch.no_grad()
+    def fast_step(
+        self,
+        x: Tensor,
+        atoms: Tensor,
+        l1_coeff: float | Tensor,
+        atoms_grad: bool,
+        losses: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]:
+        hidden = self.hidden(x).relu_()
+        codes = self.out(hidden).relu_()
+        mse, l1, grad, grad_atoms = reconstruction_backward(
+            codes, atoms, x, l1_coeff, atoms_grad, losses
+        )
+        grad_hidden = self.out.backward_(hidden, relu_backward(grad, codes), input_grad=True)
+        assert grad_hidden is not None
+        self.hidden.backward_(x, relu_backward(grad_hidden, hidden))
+        return mse, l1, codes, grad_atoms
 
     def forward_flops(self, samples: int) -> Flops:
         h, b = self.cfg.hidden, self.cfg.bias

@@ -8,11 +8,13 @@ from torch import Tensor
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
+from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
 @register_encoder
 class SAE(Encoder):
     name = "sae"
+    has_fast_step = True
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
@@ -23,33 +25,19 @@ class SAE(Encoder):
 
     @torch.no_grad()
     def fast_step(
-        self, x: Tensor, decoder: Tensor, l1_coeff: float | Tensor, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Forward and hand-written backward of mse + l1_coeff·mean(codes) with the decoder
-        (R, M, L) (``encoder.fast_step``): five GEMMs in ``dtype`` (bf16 copies of the fp32
-        weights under ``device.autocast=bf16``), the ReLU mask read from the codes, the MSE
-        scale folded into the small residual, and no autograd graph. Sets the weights' and the
-        decoder's ``.grad`` (fp32) and returns per-replica (mse, mean(codes), codes); the
-        gradients equal autograd's (tests/test_lm_fast_step.py)."""
-        replicas, latents, dim = self.linear.weight.shape
-        samples = x.shape[1]
-        x_low, atoms = x.to(dtype), decoder.detach().to(dtype)
-        weight = self.linear.weight.detach().to(dtype)
-        codes = (weight.reshape(replicas * latents, dim) @ x_low).view(replicas, latents, samples)
-        if self.linear.bias is not None:
-            codes += self.linear.bias.detach().to(dtype)
-        codes.relu_()
-        residual = torch.baddbmm(x_low.expand(replicas, dim, samples), atoms, codes, beta=-1)
-        mse = residual.float().square().mean(dim=(1, 2))
-        l1 = codes.float().mean(dim=(1, 2))
-        residual.mul_(2.0 / (dim * samples))
-        grad_codes = torch.bmm(atoms.transpose(1, 2), residual).add_(l1_coeff / (latents * samples))
-        grad_pre = torch.ops.aten.threshold_backward(grad_codes, codes, 0)
-        decoder.grad = torch.bmm(residual, codes.transpose(1, 2)).to(decoder.dtype)
-        self.linear.weight.grad = (grad_pre @ x_low.T).to(self.linear.weight.dtype)
-        if self.linear.bias is not None:
-            self.linear.bias.grad = grad_pre.sum(dim=2, keepdim=True).to(self.linear.bias.dtype)
-        return mse, l1, codes
+        self,
+        x: Tensor,
+        atoms: Tensor,
+        l1_coeff: float | Tensor,
+        atoms_grad: bool,
+        losses: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]:
+        codes = self.linear(x).relu_()
+        mse, l1, grad, grad_atoms = reconstruction_backward(
+            codes, atoms, x, l1_coeff, atoms_grad, losses
+        )
+        self.linear.backward_(x, relu_backward(grad, codes))
+        return mse, l1, codes, grad_atoms
 
     def forward_flops(self, samples: int) -> Flops:
         return linear_forward(self.dim, self.latents, samples, self.cfg.bias) + relu(
