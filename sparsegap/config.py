@@ -29,6 +29,7 @@ DICTIONARY_UPDATES = ("least_squares", "gradient")
 SUPPORTS = ("fixed_k", "bernoulli")
 FREQUENCIES = ("uniform", "zipf")
 IMPORTANCES = ("none", "decay")
+COSINE_AXES = ("latent", "sample")  # scenario.cosine: what one cosine similarity runs over
 DATA_DICTIONARIES = ("gaussian", "orthogonal", "coherent")
 COHERENCE_KINDS = ("mean", "max")
 DATA_SOURCES = ("synthetic", "lm")
@@ -277,6 +278,10 @@ class ScenarioConfig:
 
     name: str = MISSING  # known_codes | known_dictionary | unknown
     steps: int = 40_000  # the paper's number of training steps for this scenario
+    # known_codes: the cosine similarity is taken per latent over the batch's samples (latent,
+    # as REFERENCE.md describes the authors' code) or per sample across the latents (sample,
+    # F.cosine_similarity's default axis on samples-as-rows codes). docs/RESULTS.md compares them.
+    cosine: str = "latent"
 
 
 @dataclass
@@ -518,6 +523,13 @@ def validate(cfg: DictConfig) -> None:
     e = cfg.encoder
     _choice("encoder.name", e.name, tuple(ENCODERS))
     _choice("scenario.name", cfg.scenario.name, tuple(SCENARIOS))
+    _choice("scenario.cosine", cfg.scenario.get("cosine", "latent"), COSINE_AXES)
+    if cfg.scenario.get("cosine") == "sample" and cfg.data.get("importance", "none") != "none":
+        raise ConfigError(
+            "scenario.cosine=sample is invalid with data.importance="
+            f"{cfg.data.importance}: importance weights one latent's cosine term, so they need"
+            " scenario.cosine=latent (or data.importance=none)."
+        )
     if lm and cfg.scenario.name != "unknown":
         raise ConfigError(
             f"scenario={cfg.scenario.name} does not apply to data=lm: a language model's"

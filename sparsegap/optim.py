@@ -58,6 +58,12 @@ class Adam:
     def step(self) -> None:
         self.t += 1
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        # The fused kernel reads each gradient as a flat buffer in the parameter's layout: a
+        # strided (e.g. transposed) gradient would be applied to the wrong elements, silently.
+        grads = [
+            g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
+            for g, p in zip(grads, self.params, strict=True)
+        ]
         if self.fused:
             torch._foreach_add_(self.steps, 1)
             torch._fused_adam_(

@@ -60,10 +60,13 @@ class Scenario:
         l1_penalty: bool = True,
         auxiliary: dict[str, Tensor] | None = None,
         importance: Tensor | None = None,
+        cosine: str = "latent",
     ) -> Losses:
         """codes (R, L, B); x (M, B); true_codes (N, B); atoms: the decoder (R, M, L) or None.
         ``l1_penalty=False`` leaves the L1 term out of the total (it is still returned);
-        ``auxiliary`` terms (R,) are added to the total.
+        ``auxiliary`` terms (R,) are added to the total. ``cosine`` (known codes): each cosine
+        similarity runs over one latent's samples (``latent``) or one sample's latents
+        (``sample``).
 
         ``importance`` (N,): feature importance weights w (``SyntheticData.importance``; None =
         unweighted, the paper's loss bit for bit). They weight the per-feature terms of the loss
@@ -84,12 +87,16 @@ class Scenario:
         if not self.needs_matching_latents:
             importance = None
         if self.decoder == "none":
-            # Negative mean cosine similarity between each true and predicted code row over the
-            # batch (the authors found it more stable than MSE for this regression).
-            rows = F.cosine_similarity(codes, true_codes.unsqueeze(0), dim=2)
-            cosine = rows.mean(dim=1) if importance is None else _weighted_mean(rows, importance)
-            total = -cosine if extra is None else extra - cosine
-            return Losses(total=total, cosine=cosine, auxiliary=auxiliary)
+            # Negative mean cosine similarity between true and predicted codes (the authors found
+            # it more stable than MSE for this regression), per latent row or per sample column.
+            per_sample = cosine == "sample"
+            terms = F.cosine_similarity(codes, true_codes.unsqueeze(0), dim=1 if per_sample else 2)
+            if importance is None or per_sample:
+                similarity = terms.mean(dim=1)
+            else:
+                similarity = _weighted_mean(terms, importance)
+            total = -similarity if extra is None else extra - similarity
+            return Losses(total=total, cosine=similarity, auxiliary=auxiliary)
         assert atoms is not None
         mse, l1 = reconstruction(codes, atoms, x)
         if importance is not None:  # codes are non-negative: |S| = S (see _Reconstruction)

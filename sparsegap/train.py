@@ -78,6 +78,7 @@ class Model:
             auxiliary=self.encoder.auxiliary_losses(x, codes, atoms),
             # None keeps the unweighted loss (bit for bit) unless weights were asked for
             importance=self.data.importance if weighted else None,
+            cosine=self.cfg.scenario.get("cosine", "latent"),
         )
 
     @property

@@ -48,6 +48,12 @@ BAD_VALUES = [
     ),
     (["metrics.dictionary_similarity=l2"], "metrics.dictionary_similarity='l2'", "pearson, cosine"),
     (["device.threads=0"], "device.threads=0", "at least 1"),
+    (["scenario.cosine=feature"], "scenario.cosine='feature'", "latent, sample"),
+    (
+        ["scenario=known_codes", "scenario.cosine=sample", "data.importance=decay"],
+        "scenario.cosine=sample",
+        "scenario.cosine=latent",
+    ),
 ]
 
 

@@ -71,6 +71,20 @@ def test_known_codes_loss_is_the_hand_computed_weighted_mean():
         assert losses.cosine[r].item() != pytest.approx(unweighted, rel=1e-5)
 
 
+def test_known_codes_cosine_per_sample_is_the_hand_computed_mean():
+    model = build(compose_config(["scenario=known_codes", "encoder=mlp", "scenario.cosine=sample"]))
+    data = model.data
+    codes = _codes(model).detach()
+    losses = model.losses(data.x_train, data.codes_train, codes)
+    samples = data.codes_train.shape[1]
+    for r in range(model.cfg.replicas):
+        columns = [
+            cosine_similarity(codes[r, :, b], data.codes_train[:, b], dim=0).item()
+            for b in range(samples)
+        ]
+        assert losses.cosine[r].item() == pytest.approx(sum(columns) / samples, rel=1e-5)
+
+
 def test_known_dictionary_weights_the_l1_per_latent_and_not_the_reconstruction():
     model = build(
         compose_config(["scenario=known_dictionary", "encoder=sae", "data.importance=decay"])

@@ -78,7 +78,11 @@ class ReplicaLinear(nn.Module):
         gradient with respect to x (R, in, B, in grad_out's dtype) when ``input_grad``."""
         replicas, fan_out, samples = grad_out.shape
         if x.dim() == 2:  # shared input: one GEMM over the stacked rows, as in forward
-            grad_w = (grad_out.reshape(replicas * fan_out, samples) @ x.T).view(self.weight.shape)
+            # Computed transposed, x·gᵀ (in × R·out): with an 8-wide output, CPU BLAS runs the
+            # untransposed g·xᵀ 1.3–3× slower on one thread (1,280 rows: 1.97 vs 0.62 ms).
+            rows = grad_out.reshape(replicas * fan_out, samples)
+            # (contiguous: the fused Adam kernel reads gradients as flat buffers)
+            grad_w = (x @ rows.T).T.contiguous().view(self.weight.shape)
         else:
             grad_w = torch.bmm(grad_out, x.transpose(1, 2))
         self.weight.grad = grad_w.to(self.weight.dtype)
