@@ -148,24 +148,27 @@ class EncoderConfig:
 
 
 @dataclass
-class SAEConfig(EncoderConfig):
-    """Sparse autoencoder: codes = ReLU(W·x [+ b])."""
+class HandStepConfig:
+    """Mixed into the configs of encoders that implement ``Encoder.fast_step``."""
 
-    name: str = "sae"
     # Hand-written forward and backward (no autograd graph) where the loss is a reconstruction
     # (unknown, known_dictionary); the same step as autograd to rounding. false = autograd.
     fast_step: bool = True
 
 
 @dataclass
-class MLPConfig(EncoderConfig):
+class SAEConfig(EncoderConfig, HandStepConfig):
+    """Sparse autoencoder: codes = ReLU(W·x [+ b])."""
+
+    name: str = "sae"
+
+
+@dataclass
+class MLPConfig(EncoderConfig, HandStepConfig):
     """One-hidden-layer MLP encoder: codes = ReLU(W2·ReLU(W1·x [+ b1]) [+ b2])."""
 
     name: str = "mlp"
     hidden: int = 32  # hidden width (paper: 32, 256; 1,024 for known codes)
-    # Hand-written forward and backward (no autograd graph) where the loss is a reconstruction
-    # (unknown, known_dictionary); the same step as autograd to rounding. false = autograd.
-    fast_step: bool = True
 
 
 @dataclass
@@ -179,15 +182,12 @@ class SparseCodingConfig(EncoderConfig):
 
 
 @dataclass
-class SAEITOConfig(EncoderConfig):
+class SAEITOConfig(EncoderConfig, HandStepConfig):
     """SAE whose test codes are refined by inference-time optimisation against its decoder."""
 
     name: str = "sae_ito"
     init: str = "sae"  # start inference from the SAE's codes (sae) or from exp(init_log) (scratch)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-    # Hand-written forward and backward (no autograd graph) where the loss is a reconstruction
-    # (unknown, known_dictionary); the same step as autograd to rounding. false = autograd.
-    fast_step: bool = True
 
 
 @dataclass
