@@ -16,7 +16,9 @@ from sparsegap.report.reproduction import (
     PRESETS,
     Finding,
     find_sweeps,
+    regimes,
     settings_of,
+    sparsity,
     write_reproduction,
 )
 
@@ -24,6 +26,35 @@ from sparsegap.report.reproduction import (
 def _job(steps: int, replicas: int) -> Job:
     config = {"steps": steps, "replicas": replicas, "encoder": {"name": "sae", "bias": True}}
     return Job(Path("j"), "j", "completed", None, config, [], 1.0)
+
+
+def _result(encoder: str, mcc: float, l0: float = 3.0, l1_coeff: float = 0.01, **data) -> Job:
+    config = {"steps": 30_000, "replicas": 1, "l1_coeff": l1_coeff,
+              "encoder": {"name": encoder, "bias": False}, "data": {"K": 3, **data}}  # fmt: skip
+    values = {"latent_mcc/test": mcc, "l0/test": l0, "l1/test": l0, "loss/mse/test": 0.0}
+    record = {key: {"mean": v, "replicas": [v]} for key, v in values.items()}
+    return Job(Path("j"), "j", "completed", None, config, [], 1.0, [record])
+
+
+def test_regimes_note_the_regimes_where_a_linear_encoder_is_exact():
+    jobs = [
+        _result("sae", 1.0, N=16, M=32), _result("sparse_coding", 0.8, N=16, M=32),
+        _result("sae", 0.4, N=64, M=16), _result("sparse_coding", 0.5, N=64, M=16),
+        _result("sae", 0.3, N=64, M=8), _result("sparse_coding", 0.4, N=64, M=8),
+    ]  # fmt: skip
+    finding = regimes(jobs)
+    assert "SC > SAE in 67% of regimes (≥ 80 %) ✗" in finding.check
+    note = next(n for n in finding.notes if n.startswith("Where M ≥ N"))
+    assert "(1 regime)" in note and "-0.200 on average" in note
+    assert "In the other 2 regimes SC > SAE in 2 (+0.100 on average)" in note
+
+
+def test_sparsity_notes_that_exp_codes_have_no_exact_zeros():
+    jobs = [_result("sae", 0.6, l0=8.0, l1_coeff=c) for c in (0.01, 0.1)]
+    jobs += [_result("sparse_coding", 0.7, l0=16.0, l1_coeff=c) for c in (0.01, 0.1)]
+    finding = sparsity(jobs)
+    assert "no larger L0 (0/2) ✗" in finding.check
+    assert any("its L0 is 16 (every latent) at every λ" in n for n in finding.notes)
 
 
 def test_settings_tell_paper_partial_and_reduced_runs_apart():

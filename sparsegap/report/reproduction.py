@@ -296,31 +296,43 @@ def regimes(jobs: list[Job]) -> Finding:
         "Sparse coding beats the SAE in essentially all regimes, more where compressed sensing "
         "predicts recovery (M ≥ K·ln(N/K)); MLP-256 ≈ SAE, slightly better as M grows."
     )
-    diffs: dict[str, list[tuple[bool, float, Any]]] = defaultdict(list)
+    diffs: dict[str, list[tuple[bool, float, Any, Any]]] = defaultdict(list)
     for (label, n, m, k), v in values.items():
         base = values.get(("sae", n, m, k))
         if label != "sae" and base is not None:
-            diffs[label].append((m >= k * math.log(n / k), v - base, m))
+            diffs[label].append((m >= k * math.log(n / k), v - base, m, n))
     for label in order_labels(diffs):
         d = diffs[label]
-        above = [x for ok, x, _ in d if ok]
-        below = [x for ok, x, _ in d if not ok]
+        above = [x for ok, x, _, _ in d if ok]
+        below = [x for ok, x, _, _ in d if not ok]
         f.table.append([
-            f"{label} − SAE", str(len(d)), f"{sum(x > 0 for _, x, _ in d)}/{len(d)}",
-            signed(statistics.fmean(x for _, x, _ in d)),
+            f"{label} − SAE", str(len(d)), f"{sum(x > 0 for _, x, _, _ in d)}/{len(d)}",
+            signed(statistics.fmean(x for _, x, _, _ in d)),
             signed(statistics.fmean(above)) if above else "–",
             signed(statistics.fmean(below)) if below else "–",
         ])  # fmt: skip
-    sc = [x for _, x, _ in diffs.get("sparse_coding", [])]
+    sc = [x for _, x, _, _ in diffs.get("sparse_coding", [])]
     if sc:
         share = sum(x > 0 for x in sc) / len(sc)
-        above = [x for ok, x, _ in diffs["sparse_coding"] if ok]
-        below = [x for ok, x, _ in diffs["sparse_coding"] if not ok]
+        above = [x for ok, x, _, _ in diffs["sparse_coding"] if ok]
+        below = [x for ok, x, _, _ in diffs["sparse_coding"] if not ok]
         f.add(f"SC > SAE in {share:.0%} of regimes (≥ 80 %)", share >= 0.8)
+        # With M ≥ N, X = D·S has a left inverse: a linear encoder is exact there, and the
+        # L1-penalised inference keeps a shrinkage bias. Not a compressed-sensing regime.
+        square = [x for _, x, m, n in diffs["sparse_coding"] if m >= n]
+        if square and len(square) < len(sc):
+            rest = [x for _, x, m, n in diffs["sparse_coding"] if m < n]
+            f.notes.append(
+                f"Where M ≥ N ({len(square)} regime{'s' * (len(square) != 1)}) a linear encoder"
+                " can invert X = D·S exactly;"
+                f" there SC − SAE is {signed(statistics.fmean(square))} on average. In the other"
+                f" {len(rest)} regimes SC > SAE in {sum(x > 0 for x in rest)}"
+                f" ({signed(statistics.fmean(rest))} on average)."
+            )
         if above and below:  # the comparison needs regimes on both sides of the bound
             gap = statistics.fmean(above) - statistics.fmean(below)
             f.add(f"SC's advantage larger above the bound (by {gap:+.3f})", gap > 0)
-    mlp = [x for label, d in diffs.items() if label.startswith("mlp") for _, x, _ in d]
+    mlp = [x for label, d in diffs.items() if label.startswith("mlp") for _, x, _, _ in d]
     if mlp:
         mean = statistics.fmean(mlp)
         f.add(f"MLP ≈ SAE (mean difference {signed(mean)}, |·| < 0.05)", abs(mean) < 0.05)
@@ -350,6 +362,15 @@ def sparsity(jobs: list[Job], claim: str | None = None) -> Finding:
         f.add(f"every SAE point matched in MCC by an SC point of no larger L0 ({by_l0}/{n})",
               by_l0 == n)  # fmt: skip
         f.add(f"… of no larger L1 ({by_l1}/{n})", by_l1 == n)
+        latents = max(l0 for l0, _, _ in sc)
+        if min(l0 for l0, _, _ in sc) == latents:
+            # exp(log S) is never exactly zero: an L0 comparison needs a threshold.
+            f.notes.append(
+                f"Sparse coding's codes S = exp(log S) are never exactly zero: its L0 is "
+                f"{latents:g} (every latent) at every λ, so the L0 part can only hold with a "
+                "threshold below which codes count as inactive; the paper does not state one. "
+                "L1 needs no threshold."
+            )
     return f
 
 
