@@ -49,6 +49,14 @@ def test_regimes_note_the_regimes_where_a_linear_encoder_is_exact():
     assert "In the other 2 regimes SC > SAE in 2 (+0.100 on average)" in note
 
 
+def test_regimes_note_test_codes_left_near_their_start():
+    jobs = [_result("sae", 0.5, N=32, M=8), _result("sparse_coding", 0.6, N=32, M=8)]
+    jobs[1].evaluations[0]["l1/train"] = {"mean": 300.0, "replicas": [300.0]}  # test L1: 3.0
+    assert any("(sparse_coding 1.0%)" in note for note in regimes(jobs).notes)
+    jobs[1].evaluations[0]["l1/train"] = {"mean": 3.0, "replicas": [3.0]}  # converged
+    assert not any("near their start" in note for note in regimes(jobs).notes)
+
+
 def test_sparsity_notes_that_exp_codes_have_no_exact_zeros():
     jobs = [_result("sae", 0.6, l0=8.0, l1_coeff=c) for c in (0.01, 0.1)]
     jobs += [_result("sparse_coding", 0.7, l0=16.0, l1_coeff=c) for c in (0.01, 0.1)]
