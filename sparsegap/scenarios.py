@@ -167,11 +167,11 @@ def reconstruction_backward(
     (mse, mean(codes)) in fp32 (None, None unless ``losses``: a step that nobody logs skips
     four kernels), the gradient of mse + l1_coeff·mean(codes) with respect to the
     codes (R, L, B; the L1 constant not yet masked by the encoder's ReLU), and with respect to the
-    atoms (R, M, L) when ``atoms_grad``. The matmuls run in the codes' dtype; the MSE's scale is
-    folded into the small residual, so no pass over the codes is spent on it."""
+    atoms (R, M, L) when ``atoms_grad``. x and atoms come in the codes' dtype (the loop casts them
+    once); the MSE's scale is folded into the small residual, so no pass over the codes is spent
+    on it."""
     replicas, dim, latents = atoms.shape
     samples = x.shape[1]
-    atoms = atoms.to(codes.dtype)
     residual = torch.baddbmm(x.expand(replicas, dim, samples), atoms, codes, beta=-1)
     mse = l1 = None
     if losses:

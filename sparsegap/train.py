@@ -67,7 +67,6 @@ class Model:
         l1_coeff: float | torch.Tensor | None = None,
     ) -> Losses:
         atoms = self.decoder.weight if self.decoder is not None else None
-        weighted = self.data is not None and self.cfg.data.importance != "none"
         return self.scenario.loss(
             codes,
             x,
@@ -77,9 +76,14 @@ class Model:
             l1_penalty=self.encoder.l1_penalty,
             auxiliary=self.encoder.auxiliary_losses(x, codes, atoms),
             # None keeps the unweighted loss (bit for bit) unless weights were asked for
-            importance=self.data.importance if weighted else None,
+            importance=self.data.importance if self.data is not None and self.weighted else None,
             cosine=self.cfg.scenario.get("cosine", "latent"),
         )
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the loss weights features by importance (``data.importance``)."""
+        return self.data is not None and self.cfg.data.get("importance", "none") != "none"
 
     @property
     def samples_per_step(self) -> int:
@@ -318,13 +322,12 @@ class Step:
         self.loss_fn = torch.compile(objective) if cfg.compile else objective
         # The encoder's hand-written step where it equals autograd's: a reconstruction loss
         # (scenarios with a decoder) with no per-feature weights and nothing compiled.
-        weighted = model.data is not None and cfg.data.get("importance", "none") != "none"
         self.fast = (
             encoder.has_fast_step
             and bool(cfg.encoder.get("fast_step", False))
             and decoder is not None
             and encoder.l1_penalty
-            and not weighted
+            and not model.weighted
             and not cfg.compile
         )
 

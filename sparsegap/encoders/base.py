@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from sparsegap.decoder import Decoder
 
 ENCODERS: dict[str, type[Encoder]] = {}
+# What ``Encoder.fast_step`` returns: per replica (mse, mean(codes)) or (None, None) when not
+# asked for, the codes, and the atoms' gradient or None.
+HandStep = tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]
 
 
 class Encoder(nn.Module):
@@ -82,7 +85,7 @@ class Encoder(nn.Module):
         l1_coeff: float | Tensor,
         atoms_grad: bool,
         losses: bool = True,
-    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]:
+    ) -> HandStep:
         """Forward and hand-written backward of mse + l1_coeff·mean(codes) against ``atoms``
         (R, M, L), with no autograd graph (at the paper's size a step costs more in per-kernel
         overhead than in arithmetic). Sets the encoder parameters' ``.grad`` exactly as autograd

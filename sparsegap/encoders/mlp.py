@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsegap.encoders.base import Encoder, register_encoder
+from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
 from sparsegap.scenarios import reconstruction_backward, relu_backward
@@ -33,7 +33,7 @@ class MLP(Encoder):
         l1_coeff: float | Tensor,
         atoms_grad: bool,
         losses: bool = True,
-    ) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]:
+    ) -> HandStep:
         hidden = self.hidden(x).relu_()
         codes = self.out(hidden).relu_()
         mse, l1, grad, grad_atoms = reconstruction_backward(
