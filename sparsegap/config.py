@@ -172,7 +172,7 @@ class MLPConfig(EncoderConfig, HandStepConfig):
 
 
 @dataclass
-class SparseCodingConfig(EncoderConfig):
+class SparseCodingConfig(EncoderConfig, HandStepConfig):
     """Free non-negative codes per training sample (S = exp(log S)) learned jointly with the
     dictionary; codes for test samples are inferred by iterative optimisation."""
 

@@ -1,6 +1,6 @@
-"""``encoder.fast_step`` (on by default): the hand-written forward and backward of the SAE and the
-MLP takes autograd's steps (fp32) in every scenario with a reconstruction loss, runs in bf16,
-and leaves the cosine loss of known codes to autograd."""
+"""``encoder.fast_step`` (on by default): the hand-written forward and backward of the SAE, the
+MLP and sparse coding takes autograd's steps (fp32) in every scenario with a reconstruction loss,
+runs in bf16, and leaves the cosine loss of known codes to autograd."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def _train(overrides: list[str], steps: int = 10):
         ("sae", "known_dictionary"),
         ("mlp", "known_dictionary"),
         ("sae_ito", "unknown"),
+        ("sparse_coding", "unknown"),
     ],
 )
 @pytest.mark.parametrize("bias", [False, True])
@@ -51,8 +52,9 @@ def test_fast_step_equals_the_autograd_step(encoder, scenario, bias):
     torch.testing.assert_close(fast.decoder.weight, slow.decoder.weight, rtol=1e-4, atol=1e-5)
 
 
-def test_fast_step_runs_in_bf16():
-    common = ["encoder.bias=true", "encoder=mlp"]
+@pytest.mark.parametrize("encoder", ["mlp", "sparse_coding"])
+def test_fast_step_runs_in_bf16(encoder):
+    common = ["encoder.bias=true", f"encoder={encoder}"]
     fp32, _ = _train(common)
     bf16, _ = _train([*common, "device.autocast=bf16"])
     assert bf16.decoder.weight.dtype == torch.float32  # bf16 GEMMs, fp32 master weights

@@ -17,7 +17,7 @@ EXPERIMENTS = {
     "known_codes": ("known_codes", "sae,mlp,mlp_256,mlp_1024"),
     "known_dictionary": ("known_dictionary", "sae,mlp,mlp_256,sae_ito,sae_ito_scratch"),
     "unknown": ("unknown", "sae,sae_ito,sparse_coding,mlp,mlp_256"),
-    "regimes": ("unknown", "sae,mlp_256,sparse_coding_1k"),
+    "regimes": ("unknown", "mlp_256,sparse_coding_1k,sae"),
     "sparsity": ("unknown", "sae,mlp,sparse_coding"),
 }
 
@@ -40,7 +40,7 @@ def test_experiment_presets_compose_with_their_grid_group_and_folder(name):
         assert cfg.steps == 30000 and cfg.replicas == 1
         params = cfg.hydra.sweeper.params
         assert (params["data.N"], params["data.M"], params["data.K"]) == (
-            "16,32,64,128,256", "8,16,32", "3,9,15"
+            "256,128,64,32,16", "8,16,32", "3,9,15"
         )  # fmt: skip
 
 

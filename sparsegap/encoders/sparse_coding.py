@@ -7,14 +7,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sparsegap.encoders.base import Encoder, register_encoder
+from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.flops import Flops
 from sparsegap.inference import build_inference
+from sparsegap.scenarios import reconstruction_backward
 
 
 @register_encoder
 class SparseCoding(Encoder):
     name = "sparse_coding"
+    has_fast_step = True
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
@@ -25,6 +27,25 @@ class SparseCoding(Encoder):
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         log_codes = self.log_codes if index is None else self.log_codes[:, :, index]
         return log_codes.exp()
+
+    @torch.no_grad()
+    def fast_step(
+        self,
+        x: Tensor,
+        atoms: Tensor,
+        l1_coeff: float | Tensor,
+        atoms_grad: bool,
+        losses: bool = True,
+    ) -> HandStep:
+        # exp in the parameters' dtype, the GEMMs in x's (bf16 under autocast), as autograd does.
+        codes = self.log_codes.exp()
+        low = codes.to(x.dtype)
+        mse, l1, grad, grad_atoms = reconstruction_backward(
+            low, atoms, x, l1_coeff, atoms_grad, losses
+        )
+        # Chain rule through S = exp(log S): d/dlog S = S ⊙ dL/dS.
+        self.log_codes.grad = grad.to(codes.dtype).mul_(codes)
+        return mse, l1, low, grad_atoms
 
     @torch.no_grad()
     def infer(self, x: Tensor, atoms: Tensor) -> Tensor:
