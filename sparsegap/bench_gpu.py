@@ -3,14 +3,22 @@
 Three measurements, each variant in its own try/except so one failure does not lose the others:
 
 1. Encoder training steps on activations already on the device, 768 → 24,576 SAE, 4,096-token
-   batches (paper §5's shape), through the framework's own ``Step`` (the code `python -m
-   sparsegap data=lm` runs: renormalise, forward, loss, backward, Adam, train statistics) in
-   fp32, TF32, bf16 autocast and bf16 autocast + torch.compile, and with ``encoder.fast_step``
-   (the SAE's hand-written backward: five GEMMs, the ReLU mask from the codes, no autograd
-   graph; bf16 GEMMs on copies of the fp32 weights, fp32 Adam); then a bench-only prototype of
-   the same step stripped of the framework's bookkeeping (one replica, no train statistics),
-   with and without a CUDA graph of the whole step. ``--check`` (and the CPU test) verifies in fp32
-   that the prototype takes the framework's steps.
+   batches (paper §5's shape):
+   - (CUDA only, first) the five bf16 GEMMs of a step alone (cuBLAS: the floor of any step), then
+     ``FusedSAEStep``: the same step with its memory-bound passes folded into GEMM epilogues and
+     Triton kernels (``sparsegap.fused``), with and without its train statistics, a CUDA graph,
+     the TMA kernel and the decoder's update on a second stream; ``--profile`` prints its
+     per-kernel times and the rows end with the masked-gradient GEMM's autotuning results;
+   - the framework's own ``Step`` (the code `python -m sparsegap data=lm` runs: renormalise,
+     forward, loss, backward, Adam, train statistics) in fp32, TF32, bf16 autocast and bf16
+     autocast + torch.compile, and with ``encoder.fast_step`` (the SAE's hand-written backward:
+     five GEMMs, the ReLU mask from the codes, no autograd graph; bf16 GEMMs on copies of the fp32
+     weights, fp32 Adam);
+   - a bench-only prototype of the hand-written step stripped of the framework's bookkeeping (one
+     replica, no train statistics), with and without a CUDA graph.
+   ``--check`` (and the CPU test) verifies in fp32 that the prototype takes the framework's steps;
+   on CUDA the fused step is always checked the same way, and its bf16 code-gradient kernel
+   against fp32 torch at the full shape.
 2. The MLP encoder (hidden 4,096) beside it, through the framework.
 3. Harvesting: tokens/s through a randomly initialised GPT-2-small-shaped model (GPT2Config,
    no download) to ``blocks.9.hook_resid_pre``, through the framework's ``load_transformer`` and
@@ -20,8 +28,9 @@ Works with any Python whose torch sees CUDA: when run by a Python that lacks the
 pure-Python dependencies, the repository's .venv site-packages of the same Python version, and
 ``.bench-site`` (pure-Python packages copied from .venv by ``make bench-gpu-site``), are appended
 to the path (torch, numpy and transformers stay the running Python's). The prototype rows need
-torch alone. ``--small`` runs tiny shapes
-(the CPU smoke test). The whole run stops starting new variants after ``--budget`` seconds.
+torch alone, the fused rows torch and Triton (which CUDA builds of torch bring). ``--small``
+runs tiny shapes (the CPU smoke test). The whole run stops starting new variants after
+``--budget`` seconds.
 """
 
 from __future__ import annotations
@@ -200,6 +209,116 @@ class FastSAEStep:
         self.W_low.copy_(W)
 
 
+class FusedSAEStep:
+    """The same SAE step in token-major layout with the memory-bound passes folded away
+    (``sparsegap.fused``): the ReLU in the encoder GEMM's cuBLASLt epilogue
+    (``torch._addmm_activation``), the MSE scale and ``−x`` in the decoder GEMM's, the L1
+    constant, ReLU mask and per-latent statistics in the epilogue of a Triton code-gradient
+    GEMM, bf16 weight gradients straight from their GEMMs into a Triton Adam that also writes
+    the bf16 weight copies and the atoms' squared norms, and the renormalisation as one
+    scaling pass. With ``track`` it keeps the framework's train statistics (MSE, L1, L0 and the
+    token count at which each latent last fired) on the device. ``masked=False`` replaces the
+    Triton GEMM by cuBLAS (L1 constant as a bias epilogue) + ``threshold_backward``, to show
+    what the fused epilogue buys."""
+
+    def __init__(
+        self,
+        encoder_weight: torch.Tensor,
+        decoder_weight: torch.Tensor,
+        x: torch.Tensor,
+        lr: float,
+        l1_coeff: float,
+        compute: torch.dtype = torch.bfloat16,
+        track: bool = True,
+        masked: bool = True,
+        tma: bool = False,
+        overlap: bool = False,
+    ) -> None:
+        from sparsegap import fused
+
+        self.fused = fused
+        self.W = encoder_weight.detach().float().contiguous().clone()  # (L, d)
+        self.D = decoder_weight.detach().float().contiguous().clone()  # (d, L)
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (self.W, self.D)]
+        self.step = torch.zeros((), device=self.W.device)
+        self.lr, self.l1_coeff, self.track, self.masked = lr, l1_coeff, track, masked
+        self.tma = tma
+        # overlap: the decoder's gradient GEMM and its (memory-bound) Adam on a second CUDA
+        # stream, beside the code-gradient and encoder-gradient GEMMs.
+        self.side = torch.cuda.Stream() if overlap else None
+        self.x = x.to(compute).contiguous()  # (B, d): a static input buffer
+        self.W_low = self.W.to(compute)
+        self.D_low = torch.empty_like(self.D, dtype=compute)
+        self.sumsq = (self.D * self.D).sum(dim=0)  # the atoms' squared norms, kept by Adam
+        latents = self.W.shape[0]
+        self.bias = torch.zeros(latents, device=self.W.device, dtype=compute)
+        self.constant = torch.full_like(self.bias, l1_coeff / (latents * self.x.shape[0]))
+        self.fired = torch.zeros(latents, device=self.W.device, dtype=torch.int32)
+        self.sums = torch.zeros(latents, device=self.W.device)
+        self.last_fired = torch.zeros(latents, device=self.W.device, dtype=torch.long)
+        self.totals = torch.zeros(3, device=self.W.device)  # Σ mse, Σ l1, Σ l0 over steps
+        self.samples = torch.zeros((), device=self.W.device, dtype=torch.long)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        fused, x = self.fused, self.x
+        batch, dim = x.shape
+        latents = self.W.shape[0]
+        fused.renormalise_(self.D, self.D_low, self.sumsq)
+        codes = torch._addmm_activation(self.bias, x, self.W_low.T)  # (B, L), ReLU fused
+        scale = 2.0 / (dim * batch)  # ∂mse/∂(S·Dᵀ), folded into the GEMM's alpha and beta
+        residual = torch.addmm(x, codes, self.D_low.T, beta=-scale, alpha=scale)  # (B, d)
+        self.step.add_(1)
+        main = torch.cuda.current_stream() if self.side is not None else None
+        if self.side is not None:  # the decoder's gradient and Adam beside the encoder's
+            self.side.wait_stream(main)
+            if not torch.cuda.is_current_stream_capturing():
+                residual.record_stream(self.side)
+                codes.record_stream(self.side)
+            with torch.cuda.stream(self.side):
+                self._decoder_update(residual, codes)
+        else:
+            self._decoder_update(residual, codes)
+        if self.track:
+            self.fired.zero_()
+            self.sums.zero_()
+        if self.masked:
+            stats = (self.fired, self.sums) if self.track else None
+            constant = self.l1_coeff / (latents * batch)
+            grad_pre = fused.masked_grad(
+                residual, self.D_low, codes, constant, stats=stats, tma=self.tma
+            )
+        else:
+            grad_pre = torch.addmm(self.constant, residual, self.D_low)
+            grad_pre = torch.ops.aten.threshold_backward(grad_pre, codes, 0)
+            if self.track:
+                self.fired.copy_((codes > 0).sum(dim=0))
+                self.sums.copy_(codes.sum(dim=0))
+        grad_W = grad_pre.T @ x  # (L, d)
+        mW, vW = self.moments[0]
+        fused.adam_(self.W, grad_W, mW, vW, self.step, self.lr, low=self.W_low)
+        if main is not None:
+            main.wait_stream(self.side)
+        if self.track:  # the framework's train statistics, all on the device
+            self.samples.add_(batch)
+            mse = residual.float().square().sum() / (scale * scale * dim * batch)
+            l1 = self.sums.sum() / (latents * batch)
+            l0 = self.fired.sum() / batch
+            self.totals.add_(torch.stack([mse, l1, l0.float()]))
+            self.last_fired.copy_(torch.where(self.fired > 0, self.samples, self.last_fired))
+
+    def _decoder_update(self, residual: torch.Tensor, codes: torch.Tensor) -> None:
+        grad_D = residual.T @ codes  # (d, L)
+        mD, vD = self.moments[1]
+        self.sumsq.zero_()
+        self.fused.adam_(self.D, grad_D, mD, vD, self.step, self.lr, column_sumsq=self.sumsq)
+
+    def decoder(self) -> torch.Tensor:
+        """The decoder as the framework would hold it after renormalising."""
+        self.fused.renormalise_(self.D, self.D_low, self.sumsq)
+        return self.D
+
+
 class CUDAGraphed:
     """``step`` captured once as a CUDA graph and replayed (no per-kernel launch overhead)."""
 
@@ -232,6 +351,80 @@ def check_fast_step(shape: dict[str, int], device: torch.device, steps: int = 5)
     model.decoder.renormalise_()
     fast.D.div_(torch.linalg.vector_norm(fast.D, dim=0, keepdim=True))
     return (model.decoder.weight[0] - fast.D).abs().max().item()
+
+
+def check_fused_step(
+    shape: dict[str, int], device: torch.device, steps: int = 5, **options: Any
+) -> dict[str, float]:
+    """The fused step in fp32 against the framework's fp32 steps from the same initialisation
+    and batch: max |ΔD| of the decoder, and the relative differences of the tracked mean train
+    MSE and L0 (all should be ~1e-6)."""
+    trainer, model = framework_step(shape, "sae", device, lr=1e-3, l1_coeff=1e-2)
+    x = next(trainer.batches)  # (d, B)
+    weights = model.encoder.linear.weight[0], model.decoder.weight[0]
+    step = FusedSAEStep(*weights, x.T, 1e-3, 1e-2, torch.float32, **options)
+    for _ in range(steps):
+        trainer()
+        step()
+    model.decoder.renormalise_()
+    means = {k: v[0] for k, v in trainer.pop_means().items()}
+    mse, _, l0 = (step.totals / steps).tolist()
+    return {
+        "max |ΔD|": (model.decoder.weight[0] - step.decoder()).abs().max().item(),
+        "Δmse/mse": abs(mse - means["loss/mse/train"]) / means["loss/mse/train"],
+        "Δl0/l0": abs(l0 - means["l0/train"]) / means["l0/train"],
+    }
+
+
+def check_masked_grad(shape: dict[str, int], device: torch.device) -> float:
+    """bf16 ``fused.masked_grad`` at ``shape`` against fp32 torch: max error / max |reference|."""
+    from sparsegap import fused
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    batch, dim, latents = shape["batch"], shape["dim"], shape["latents"]
+    residual = torch.randn(batch, dim, device=device, generator=gen).bfloat16()
+    atoms = torch.randn(dim, latents, device=device, generator=gen).bfloat16()
+    codes = torch.randn(batch, latents, device=device, generator=gen).relu_().bfloat16()
+    out = fused.masked_grad(residual, atoms, codes, 0.5)
+    reference = torch.where(codes > 0, residual.float() @ atoms.float() + 0.5, 0.0)
+    return ((out.float() - reference).abs().max() / reference.abs().max()).item()
+
+
+class FiveGEMMs:
+    """The step's five bf16 GEMMs alone (cuBLAS, token-major): the compute floor of any step."""
+
+    def __init__(self, shape: dict[str, int], device: torch.device) -> None:
+        batch, dim, latents = shape["batch"], shape["dim"], shape["latents"]
+        bf16 = {"device": device, "dtype": torch.bfloat16}
+        self.x = torch.randn(batch, dim, **bf16)
+        self.W = torch.randn(latents, dim, **bf16) / dim**0.5
+        self.D = torch.randn(dim, latents, **bf16) / dim**0.5
+        self.codes = torch.empty(batch, latents, **bf16)
+        self.grad = torch.empty(batch, latents, **bf16)
+        self.flop = 5 * 2 * batch * dim * latents
+
+    def __call__(self) -> None:
+        torch.mm(self.x, self.W.T, out=self.codes)
+        residual = self.codes @ self.D.T
+        torch.mm(residual, self.D, out=self.grad)
+        _ = residual.T @ self.codes
+        _ = self.grad.T @ self.x
+
+
+def profile_table(step: Callable[[], None], device: torch.device, steps: int = 20) -> str:
+    """Per-kernel GPU time of ``steps`` steps (torch.profiler), the top rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    return prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=14, max_name_column_width=60
+    )
 
 
 # ---------------------------------------------------------------- harvesting
@@ -294,7 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="timing per variant")
     parser.add_argument("--budget", type=float, default=200.0, help="stop starting variants")
     parser.add_argument("--check", action="store_true", help="always check prototype = framework")
-    parser.add_argument("--only", default="", help="run the variants whose label contains this")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run the variants whose label contains one of these (comma-separated)",
+    )
+    parser.add_argument("--profile", action="store_true", help="per-kernel times of the fused step")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SMALL if args.small else FULL
@@ -318,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def variant(label: str, make: Callable[[], tuple[Callable[[], Any], int]], warm: int) -> None:
         nonlocal failures
-        if args.only not in label:
+        if not any(part in label for part in args.only.split(",")):
             return
         if time.perf_counter() - started > args.budget:
             rows.append((label, "skipped", "", "time budget spent"))
@@ -363,8 +561,69 @@ def main(argv: list[str] | None = None) -> int:
 
         return make
 
+    def fused_step(graph: bool, **options: Any) -> Callable[[], tuple[Callable[[], Any], int]]:
+        def make() -> tuple[Callable[[], Any], int]:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            dim, latents = shape["dim"], shape["latents"]
+            W = (torch.rand(latents, dim, device=device) * 2 - 1) / dim**0.5
+            D = torch.randn(dim, latents, device=device)
+            x = torch.randn(shape["batch"], dim, device=device)
+            step: Callable[[], None] = FusedSAEStep(W, D, x, 1e-4, 1e-3, **options)
+            if graph:
+                step = CUDAGraphed(step)
+            return step, shape["batch"]
+
+        return make
+
+    def gemms() -> tuple[Callable[[], Any], int]:
+        return FiveGEMMs(shape, device), shape["batch"]
+
     print(f"{'variant':<54} {'tokens/s':>12} {'ms/step':>10}")
     sae = f"SAE {shape['dim']}→{shape['latents']}"
+    # The fused step (Triton: CUDA only) first: it is what this bench is most often run for.
+    if cuda:
+        variant(f"{sae}: five bf16 GEMMs alone (floor)", gemms, 3)
+        flop = FiveGEMMs(shape, device).flop
+        if rows[-1][2].strip():
+            ms = float(rows[-1][2])
+            print(f"  (five GEMMs: {flop / ms / 1e9:.0f} TFLOP/s)")
+        variant(f"{sae}: fused step + train stats", fused_step(graph=False), 5)
+        variant(f"{sae}: fused step + train stats, CUDA graph", fused_step(graph=True), 5)
+        variant(f"{sae}: fused step (TMA) + train stats, CUDA graph", fused_step(True, tma=True), 5)
+        variant(
+            f"{sae}: fused (TMA) + stats, overlapped, CUDA graph",
+            fused_step(True, tma=True, overlap=True),
+            5,
+        )
+        variant(f"{sae}: fused + stats, overlapped, CUDA graph", fused_step(True, overlap=True), 5)
+        variant(
+            f"{sae}: fused (TMA), no stats, overlapped, CUDA graph",
+            fused_step(True, track=False, tma=True, overlap=True),
+            5,
+        )
+        variant(
+            f"{sae}: fused (TMA), no stats, CUDA graph", fused_step(True, track=False, tma=True), 5
+        )
+        variant(
+            f"{sae}: fused, cuBLAS+threshold instead of Triton GEMM",
+            fused_step(True, masked=False),
+            5,
+        )
+        try:
+            from sparsegap import fused
+
+            for kind, timings in fused.autotune_timings().items():
+                best = sorted(timings.items(), key=lambda item: item[1])[:4]
+                shown = "; ".join(f"{ms * 1e3:.0f} µs {config}" for config, ms in best)
+                print(f"  masked-gradient GEMM autotuning ({kind}), best: {shown}")
+        except Exception as error:
+            print(f"  (no autotuning timings: {error!r})")
+        if args.profile and time.perf_counter() - started < args.budget:
+            try:
+                step, _ = fused_step(graph=False, tma=True, overlap=True)()
+                print(profile_table(step, device))
+            except Exception as error:
+                print(f"profile failed: {error!r}")
     variant(f"{sae}: framework fp32", fw("sae"), 3)
     if cuda:
         variant(f"{sae}: framework TF32", fw("sae", tf32=True), 3)
@@ -405,6 +664,21 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:
             failures += 1
             print(f"\nprototype check failed: {error!r}")
+    if cuda:  # the fused step's kernels: always checked where they run
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            diffs = check_fused_step(SMALL, device)
+            overlapped = check_fused_step(SMALL, device, tma=True, overlap=True)
+            diffs |= {f"{k} (TMA, overlapped)": v for k, v in overlapped.items()}
+            error = check_masked_grad(shape, device)
+            shown = ", ".join(f"{k} = {v:.2e}" for k, v in diffs.items())
+            print(f"fused step vs framework, fp32, 5 steps: {shown}")
+            print(f"masked_grad bf16 vs fp32 torch at full shape: max err / max = {error:.2e}")
+            if max(diffs.values()) > 1e-4 or error > 2e-2:
+                failures += 1
+        except Exception as error:
+            failures += 1
+            print(f"\nfused step check failed: {error!r}")
     print(f"\n{len(rows)} variants, {failures} failed, {time.perf_counter() - started:.0f} s total")
     return 1 if failures else 0
 

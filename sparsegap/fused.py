@@ -1,0 +1,314 @@
+"""Triton kernels for a fused SAE training step on a GPU (`sparsegap.bench_gpu`'s fused rows).
+
+Why: at the paper's LM shape (768 → 24,576 latents, 4,096-token batches) a plain step spends
+almost half its time in memory-bound passes over the 4,096 × 24,576 code matrix and the 37.7 M
+fp32 parameters, not in its five GEMMs. These kernels fold those passes into work that happens
+anyway:
+
+- ``masked_grad``: the code gradient GEMM ``r·D`` with the L1 constant, the ReLU mask (read from
+  the codes), the cast to bf16 and the per-latent statistics (how many tokens fired, the codes'
+  sum, for dead-latent and L1 tracking) in its epilogue — one read of the codes instead of
+  three extra passes.
+- ``adam_``: Adam in fp32 (exactly ``torch.optim.Adam``'s update) that reads a bf16 or fp32
+  gradient, refreshes the parameter's bf16 copy for the next step's GEMMs in the same pass, and
+  for the decoder accumulates each atom's squared norm, so the next step's renormalisation is a
+  single scaling pass (``renormalise_``). The step count lives on the device, so the whole step
+  can be captured in a CUDA graph.
+
+Layout: token-major (one row per token), as cuBLAS and the activation cache prefer: codes and
+their gradient (B, L), the encoder weight (L, d), the decoder (d, L) with one atom per column.
+Importing this module needs ``triton`` (shipped with CUDA builds of torch); nothing else in the
+framework imports it. ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors (slowly), which is
+how they can be checked without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps), Hopper-sized
+    (128, 256, 64, 3, 8),
+    (256, 128, 64, 3, 8),
+    (128, 128, 64, 4, 8),
+    (128, 128, 64, 4, 4),
+    (128, 256, 64, 4, 8),
+    (64, 256, 64, 4, 4),
+    (128, 256, 128, 2, 8),
+    (128, 128, 128, 3, 8),
+]
+
+
+def _configs(tma: bool) -> list[triton.Config]:
+    # The interpreter (CPU) cannot autotune; small tiles there exercise the multi-tile paths.
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    tiles = [(32, 32, 16, 1, 4)] if interpreted else _TILES
+    # EARLY: load the codes tile before the main loop (its latency hidden behind the GEMM, at
+    # the cost of registers held through it) or after it; which wins depends on the tile.
+    early = [False] if interpreted else [True, False]
+    return [
+        triton.Config(
+            {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EARLY": e},
+            num_stages=s,
+            num_warps=w,
+            pre_hook=_set_blocks if tma else None,
+        )
+        for m, n, k, s, w in tiles
+        for e in early
+    ]
+
+
+def _set_blocks(args: dict) -> None:
+    """Give the TMA descriptors the block shapes of the configuration being run."""
+    m, n, k = args["BLOCK_M"], args["BLOCK_N"], args["BLOCK_K"]
+    args["a_desc"].block_shape = [m, k]
+    args["b_desc"].block_shape = [k, n]
+    args["codes_desc"].block_shape = [m, n]
+    args["out_desc"].block_shape = [m, n]
+
+
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # Grouped tile order: GROUP_M row blocks share each column block of b while it is in L2.
+    pid = tl.program_id(0)
+    blocks_m = tl.cdiv(M, BLOCK_M)
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * blocks_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = min(blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@triton.jit
+def _epilogue_stats(codes, active, rn, N, fired_ptr, sums_ptr):
+    # One atomic per latent per tile.
+    tl.atomic_add(fired_ptr + rn, tl.sum(active.to(tl.int32), axis=0), mask=rn < N)
+    tl.atomic_add(sums_ptr + rn, tl.sum(codes.to(tl.float32), axis=0), mask=rn < N)
+
+
+# restore_value: the statistics accumulate, so autotuning's trial runs must not add to them.
+@triton.autotune(
+    configs=_configs(tma=False),
+    key=["M", "N", "K", "PRECISION"],
+    restore_value=["fired_ptr", "sums_ptr"],
+)
+@triton.heuristics(
+    {
+        "EVEN": lambda a: (
+            a["M"] % a["BLOCK_M"] == 0 and a["N"] % a["BLOCK_N"] == 0 and a["K"] % a["BLOCK_K"] == 0
+        )
+    }
+)
+@triton.jit
+def _masked_grad_kernel(
+    a_ptr, b_ptr, codes_ptr, out_ptr, fired_ptr, sums_ptr,
+    M, N, K, constant,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_om, stride_on,
+    STATS: tl.constexpr, PRECISION: tl.constexpr, EVEN: tl.constexpr, EARLY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    off_m, off_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = off_m + tl.arange(0, BLOCK_M)
+    rn = off_n + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_tile = a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak
+    b_tile = b_ptr + rk[:, None] * stride_bk + rn[None, :] * stride_bn
+    inside = (rm[:, None] < M) & (rn[None, :] < N)
+    codes_tile = codes_ptr + rm[:, None] * stride_cm + rn[None, :] * stride_cn
+    if EARLY:
+        codes = tl.load(codes_tile, mask=None if EVEN else inside, other=None if EVEN else 0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        if EVEN:
+            a = tl.load(a_tile)
+            b = tl.load(b_tile)
+        else:
+            left = K - k
+            a = tl.load(a_tile, mask=(rm[:, None] < M) & (rk[None, :] < left), other=0.0)
+            b = tl.load(b_tile, mask=(rk[:, None] < left) & (rn[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_tile += BLOCK_K * stride_ak
+        b_tile += BLOCK_K * stride_bk
+    if not EARLY:
+        codes = tl.load(codes_tile, mask=None if EVEN else inside, other=None if EVEN else 0.0)
+    active = codes > 0
+    grad = tl.where(active, acc + constant, 0.0).to(out_ptr.dtype.element_ty)
+    out_tile = out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on
+    tl.store(out_tile, grad, mask=None if EVEN else inside)
+    if STATS:
+        _epilogue_stats(codes, active, rn, N, fired_ptr, sums_ptr)
+
+
+@triton.autotune(
+    configs=_configs(tma=True),
+    key=["M", "N", "K", "PRECISION"],
+    restore_value=["fired_ptr", "sums_ptr"],
+)
+@triton.jit
+def _masked_grad_tma_kernel(
+    a_desc, b_desc, codes_desc, out_desc, fired_ptr, sums_ptr,
+    M, N, K, constant,
+    STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # The same kernel with the tiles moved by the TMA engine (Hopper's bulk tensor copies):
+    # no address arithmetic in the loop, bounds handled by the descriptors (zero padding).
+    off_m, off_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if EARLY:
+        codes = codes_desc.load([off_m, off_n])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = a_desc.load([off_m, k])
+        b = b_desc.load([k, off_n])
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if not EARLY:
+        codes = codes_desc.load([off_m, off_n])
+    active = codes > 0
+    out_desc.store([off_m, off_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
+    if STATS:
+        _epilogue_stats(codes, active, off_n + tl.arange(0, BLOCK_N), N, fired_ptr, sums_ptr)
+
+
+def masked_grad(
+    residual: Tensor,
+    atoms: Tensor,
+    codes: Tensor,
+    constant: float,
+    out: Tensor | None = None,
+    stats: tuple[Tensor, Tensor] | None = None,
+    tma: bool = False,
+) -> Tensor:
+    """``where(codes > 0, residual @ atoms + constant, 0)`` in ``codes``' dtype, in one kernel.
+
+    ``residual`` (B, d), ``atoms`` (d, L), ``codes`` (B, L). With ``stats = (fired, sums)``
+    (int32 and fp32 tensors of L), adds to them the number of tokens each latent fired on and
+    the sum of its codes over the batch. ``tma``: move tiles with the TMA engine (Hopper and
+    later; contiguous rows with 16-byte aligned strides)."""
+    batch, dim = residual.shape
+    latents = atoms.shape[1]
+    if atoms.shape[0] != dim or codes.shape != (batch, latents):
+        raise ValueError(f"shapes {residual.shape} @ {atoms.shape} vs codes {codes.shape}")
+    out = torch.empty_like(codes) if out is None else out
+    fired, sums = stats if stats is not None else (out, out)  # unused when STATS is off
+    precision = "ieee" if residual.dtype == torch.float32 else "tf32"
+
+    def grid(meta: dict[str, int]) -> tuple[int]:
+        return (triton.cdiv(batch, meta["BLOCK_M"]) * triton.cdiv(latents, meta["BLOCK_N"]),)
+
+    flags = {"STATS": stats is not None, "PRECISION": precision}
+    sizes = (batch, latents, dim, constant)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (residual, atoms, codes, out)]
+        _masked_grad_tma_kernel[grid](*descs, fired, sums, *sizes, **flags)
+        return out
+    _masked_grad_kernel[grid](
+        residual, atoms, codes, out, fired, sums, *sizes,
+        *residual.stride(), *atoms.stride(), *codes.stride(), *out.stride(), **flags,
+    )  # fmt: skip
+    return out
+
+
+def autotune_timings() -> dict[str, dict[str, float]]:
+    """The masked-gradient kernels' autotuning results so far: config → ms (for the bench)."""
+    result = {}
+    for name, kernel in (("pointer", _masked_grad_kernel), ("tma", _masked_grad_tma_kernel)):
+        timings = getattr(kernel, "configs_timings", None) or {}
+        result[name] = {
+            str(c): float(t[0] if isinstance(t, list) else t) for c, t in timings.items()
+        }
+    return result
+
+
+@triton.jit
+def _adam_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, low_ptr, sumsq_ptr, step_ptr,
+    rows, cols, lr, beta1, beta2, eps,
+    LOW: tl.constexpr, SUMSQ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # torch.optim.Adam's update, term for term: m ← lerp(m, g, 1−β1), v ← β2 v + (1−β2) g²,
+    # p ← p − lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps).
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = (r[:, None] < rows) & (c[None, :] < cols)
+    offsets = r[:, None] * cols + c[None, :]
+    t = tl.load(step_ptr)
+    correction1 = 1.0 - tl.exp2(t * tl.log2(beta1))
+    correction2_sqrt = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
+    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
+    g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+    v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+    m = m + (1.0 - beta1) * (g - m)
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
+    tl.store(p_ptr + offsets, p, mask=inside)
+    tl.store(m_ptr + offsets, m, mask=inside)
+    tl.store(v_ptr + offsets, v, mask=inside)
+    if LOW:
+        tl.store(low_ptr + offsets, p.to(low_ptr.dtype.element_ty), mask=inside)
+    if SUMSQ:
+        tl.atomic_add(sumsq_ptr + c, tl.sum(p * p, axis=0), mask=c < cols)
+
+
+def adam_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    low: Tensor | None = None,
+    column_sumsq: Tensor | None = None,
+) -> None:
+    """One Adam update of the contiguous 2-D fp32 ``param`` in place, ``step`` (a 0-d fp32 device
+    tensor) already counting this step. Optionally writes ``low`` (the updated parameter in a
+    lower precision) and adds each column's squared norm to ``column_sumsq``."""
+    rows, cols = param.shape
+    for t in (param, grad, exp_avg, exp_avg_sq, *(x for x in (low,) if x is not None)):
+        if t.shape != param.shape or not t.is_contiguous():
+            raise ValueError(f"adam_: {tuple(t.shape)} is not a contiguous {tuple(param.shape)}")
+    block_r, block_c = 16, 256
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+    _adam_kernel[grid](
+        param, grad, exp_avg, exp_avg_sq,
+        low if low is not None else param, column_sumsq if column_sumsq is not None else param,
+        step, rows, cols, lr, betas[0], betas[1], eps,
+        LOW=low is not None, SUMSQ=column_sumsq is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+        num_warps=8,
+    )  # fmt: skip
+
+
+@triton.jit
+def _renormalise_kernel(
+    d_ptr, low_ptr, sumsq_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    inside = (r[:, None] < rows) & (c[None, :] < cols)
+    offsets = r[:, None] * cols + c[None, :]
+    # As Decoder.renormalise_: divide by the norm clamped at 1e-12.
+    norm = tl.maximum(tl.sqrt(tl.load(sumsq_ptr + c, mask=c < cols, other=1.0)), 1e-12)
+    atoms = tl.load(d_ptr + offsets, mask=inside, other=0.0) / norm[None, :]
+    tl.store(d_ptr + offsets, atoms, mask=inside)
+    tl.store(low_ptr + offsets, atoms.to(low_ptr.dtype.element_ty), mask=inside)
+
+
+def renormalise_(atoms: Tensor, low: Tensor, column_sumsq: Tensor) -> None:
+    """Divide each column of the contiguous fp32 ``atoms`` (d, L) by its norm, given as
+    ``column_sumsq`` (from ``adam_``), and write the result's copy in ``low``'s dtype."""
+    rows, cols = atoms.shape
+    block_r, block_c = 16, 256
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+    _renormalise_kernel[grid](
+        atoms, low, column_sumsq, rows, cols, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8
+    )

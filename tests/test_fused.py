@@ -1,0 +1,78 @@
+"""The fused SAE step's Triton kernels (sparsegap.fused): on CPU through Triton's interpreter
+(fp32, in a subprocess: the interpreter is chosen when the kernels are defined), and in bf16 on a
+CUDA GPU (`make test-gpu`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Triton ships for Linux x86-64 only; `make test` installs it there (CUDA builds of torch bring it).
+pytestmark = pytest.mark.skipif(
+    (platform.system(), platform.machine()) != ("Linux", "x86_64"),
+    reason="Triton has no wheels for this platform",
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, float]:
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+    script = Path(__file__).with_name("fused_interpreted.py")
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_masked_grad_equals_torch_with_its_statistics(interpreted):
+    grads = {k: v for k, v in interpreted.items() if k.startswith("grad ")}
+    assert len(grads) == 4  # pointer and TMA kernels, tile-divisible and ragged shapes
+    assert max(grads.values()) < 1e-4, grads
+    counts = {k: v for k, v in interpreted.items() if k.startswith(("fired ", "zeros "))}
+    assert max(counts.values()) == 0, counts  # exact: integer counts, inactive codes stay 0
+    sums = {k: v for k, v in interpreted.items() if k.startswith("sums ")}
+    assert max(sums.values()) < 1e-4, sums
+
+
+def test_adam_kernel_is_torch_adam_and_keeps_the_atom_norms(interpreted):
+    assert interpreted["adam+renormalise"] < 1e-6
+    assert interpreted["adam sumsq"] < 1e-6
+    assert 0 < interpreted["bf16 copy"] < 1e-2  # a real bf16 rounding, of the renormalised atoms
+
+
+def test_fused_step_takes_the_framework_steps(interpreted):
+    steps = {k: v for k, v in interpreted.items() if k.startswith("step ")}
+    assert len(steps) == 6
+    assert max(steps.values()) < 1e-5, steps
+
+
+@pytest.mark.gpu
+def test_fused_step_in_bf16_on_a_gpu():
+    from sparsegap import bench_gpu
+
+    device = torch.device("cuda")
+    assert bench_gpu.check_masked_grad(bench_gpu.FULL, device) < 2e-2
+    for options in ({}, {"tma": True, "overlap": True}):
+        diffs = bench_gpu.check_fused_step(bench_gpu.SMALL, device, **options)
+        assert max(diffs.values()) < 1e-4, (options, diffs)
+    shape = bench_gpu.SMALL
+    W = (torch.rand(shape["latents"], shape["dim"], device=device) * 2 - 1) / shape["dim"] ** 0.5
+    D = torch.randn(shape["dim"], shape["latents"], device=device)
+    x = torch.randn(shape["batch"], shape["dim"], device=device)
+    plain = bench_gpu.FusedSAEStep(W, D, x, 1e-3, 1e-3)
+    inner = bench_gpu.FusedSAEStep(W, D, x, 1e-3, 1e-3, overlap=True)
+    graphed = bench_gpu.CUDAGraphed(inner)
+    for _ in range(3):
+        plain()
+    graphed()  # the graph was captured after 3 warm-up steps: 4 steps in all
+    plain()
+    torch.cuda.synchronize()
+    assert (plain.decoder() - inner.decoder()).abs().max() < 1e-2
