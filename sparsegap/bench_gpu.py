@@ -219,7 +219,8 @@ class FusedSAEStep:
     scaling pass. With ``track`` it keeps the framework's train statistics (MSE, L1, L0 and the
     token count at which each latent last fired) on the device. ``masked=False`` replaces the
     Triton GEMM by cuBLAS (L1 constant as a bias epilogue) + ``threshold_backward``, to show
-    what the fused epilogue buys."""
+    what the fused epilogue buys. ``atom_rows`` keeps the decoder as (L, d), one atom per row,
+    so that the code-gradient GEMM reads its right operand K-major."""
 
     def __init__(
         self,
@@ -233,12 +234,15 @@ class FusedSAEStep:
         masked: bool = True,
         tma: bool = False,
         overlap: bool = False,
+        atom_rows: bool = False,
     ) -> None:
         from sparsegap import fused
 
         self.fused = fused
         self.W = encoder_weight.detach().float().contiguous().clone()  # (L, d)
-        self.D = decoder_weight.detach().float().contiguous().clone()  # (d, L)
+        self.axis = 1 if atom_rows else 0  # the dimension an atom's norm sums over
+        atoms = decoder_weight.detach().float()
+        self.D = (atoms.T if atom_rows else atoms).contiguous().clone()  # (d, L) or (L, d)
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (self.W, self.D)]
         self.step = torch.zeros((), device=self.W.device)
         self.lr, self.l1_coeff, self.track, self.masked = lr, l1_coeff, track, masked
@@ -249,7 +253,7 @@ class FusedSAEStep:
         self.x = x.to(compute).contiguous()  # (B, d): a static input buffer
         self.W_low = self.W.to(compute)
         self.D_low = torch.empty_like(self.D, dtype=compute)
-        self.sumsq = (self.D * self.D).sum(dim=0)  # the atoms' squared norms, kept by Adam
+        self.sumsq = (self.D * self.D).sum(dim=self.axis)  # atoms' squared norms, kept by Adam
         latents = self.W.shape[0]
         self.bias = torch.zeros(latents, device=self.W.device, dtype=compute)
         self.constant = torch.full_like(self.bias, l1_coeff / (latents * self.x.shape[0]))
@@ -264,10 +268,9 @@ class FusedSAEStep:
         fused, x = self.fused, self.x
         batch, dim = x.shape
         latents = self.W.shape[0]
-        fused.renormalise_(self.D, self.D_low, self.sumsq)
-        codes = torch._addmm_activation(self.bias, x, self.W_low.T)  # (B, L), ReLU fused
-        scale = 2.0 / (dim * batch)  # ∂mse/∂(S·Dᵀ), folded into the GEMM's alpha and beta
-        residual = torch.addmm(x, codes, self.D_low.T, beta=-scale, alpha=scale)  # (B, d)
+        fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
+        atoms = self.D_low.T if self.axis else self.D_low  # (d, L), a view when in rows
+        codes, residual, scale = fused.forward_residual(x, self.W_low, atoms, self.bias)
         self.step.add_(1)
         main = torch.cuda.current_stream() if self.side is not None else None
         if self.side is not None:  # the decoder's gradient and Adam beside the encoder's
@@ -286,10 +289,10 @@ class FusedSAEStep:
             stats = (self.fired, self.sums) if self.track else None
             constant = self.l1_coeff / (latents * batch)
             grad_pre = fused.masked_grad(
-                residual, self.D_low, codes, constant, stats=stats, tma=self.tma
+                residual, atoms, codes, constant, stats=stats, tma=self.tma
             )
         else:
-            grad_pre = torch.addmm(self.constant, residual, self.D_low)
+            grad_pre = torch.addmm(self.constant, residual, atoms)
             grad_pre = torch.ops.aten.threshold_backward(grad_pre, codes, 0)
             if self.track:
                 self.fired.copy_((codes > 0).sum(dim=0))
@@ -308,15 +311,17 @@ class FusedSAEStep:
             self.last_fired.copy_(torch.where(self.fired > 0, self.samples, self.last_fired))
 
     def _decoder_update(self, residual: torch.Tensor, codes: torch.Tensor) -> None:
-        grad_D = residual.T @ codes  # (d, L)
+        grad_D = codes.T @ residual if self.axis else residual.T @ codes  # D's layout
         mD, vD = self.moments[1]
         self.sumsq.zero_()
-        self.fused.adam_(self.D, grad_D, mD, vD, self.step, self.lr, column_sumsq=self.sumsq)
+        self.fused.adam_(
+            self.D, grad_D, mD, vD, self.step, self.lr, sumsq=self.sumsq, axis=self.axis
+        )
 
     def decoder(self) -> torch.Tensor:
-        """The decoder as the framework would hold it after renormalising."""
-        self.fused.renormalise_(self.D, self.D_low, self.sumsq)
-        return self.D
+        """The decoder (d, L) as the framework would hold it after renormalising."""
+        self.fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
+        return self.D.T if self.axis else self.D
 
 
 class CUDAGraphed:
@@ -605,6 +610,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{sae}: fused (TMA), no stats, CUDA graph", fused_step(True, track=False, tma=True), 5
         )
         variant(
+            f"{sae}: fused (TMA, atoms in rows) + stats, CUDA graph",
+            fused_step(True, tma=True, atom_rows=True),
+            5,
+        )
+        variant(
+            f"{sae}: fused (atoms in rows) + stats, CUDA graph",
+            fused_step(True, atom_rows=True),
+            5,
+        )
+        variant(
             f"{sae}: fused, cuBLAS+threshold instead of Triton GEMM",
             fused_step(True, masked=False),
             5,
@@ -632,7 +647,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{sae}: framework bf16 autocast + compile", fw("sae", autocast="bf16", compile=True), 5
     )
     variant(
-        f"{sae}: framework encoder.fast_step, bf16", fw("sae", autocast="bf16", fast_step=True), 3
+        f"{sae}: framework encoder.fast_step, bf16 (fused kernels)",
+        fw("sae", autocast="bf16", fast_step=True),
+        3,
     )
     if cuda:
         variant(
@@ -670,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
             diffs = check_fused_step(SMALL, device)
             overlapped = check_fused_step(SMALL, device, tma=True, overlap=True)
             diffs |= {f"{k} (TMA, overlapped)": v for k, v in overlapped.items()}
+            rows_ = check_fused_step(SMALL, device, tma=True, atom_rows=True)
+            diffs |= {f"{k} (TMA, atoms in rows)": v for k, v in rows_.items()}
             error = check_masked_grad(shape, device)
             shown = ", ".join(f"{k} = {v:.2e}" for k, v in diffs.items())
             print(f"fused step vs framework, fp32, 5 steps: {shown}")

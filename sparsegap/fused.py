@@ -1,25 +1,29 @@
-"""Triton kernels for a fused SAE training step on a GPU (`sparsegap.bench_gpu`'s fused rows).
+"""Triton kernels for a fused SAE training step on a GPU: ``train.Step`` runs ``SAETrainer``
+for the SAE's hand-written step (``encoder.fast_step``) on CUDA with ``device.autocast=bf16``, and
+``sparsegap.bench_gpu`` measures the kernels (its ``FusedSAEStep`` adds a CUDA graph, persistent
+bf16 weight copies and a second stream).
 
 Why: at the paper's LM shape (768 → 24,576 latents, 4,096-token batches) a plain step spends
 almost half its time in memory-bound passes over the 4,096 × 24,576 code matrix and the 37.7 M
 fp32 parameters, not in its five GEMMs. These kernels fold those passes into work that happens
 anyway:
 
+- ``forward_residual``: the ReLU in the encoder GEMM's cuBLASLt epilogue, the MSE scale and
+  ``−x`` in the decoder GEMM's alpha and beta.
 - ``masked_grad``: the code gradient GEMM ``r·D`` with the L1 constant, the ReLU mask (read from
   the codes), the cast to bf16 and the per-latent statistics (how many tokens fired, the codes'
   sum, for dead-latent and L1 tracking) in its epilogue — one read of the codes instead of
   three extra passes.
 - ``adam_``: Adam in fp32 (exactly ``torch.optim.Adam``'s update) that reads a bf16 or fp32
-  gradient, refreshes the parameter's bf16 copy for the next step's GEMMs in the same pass, and
-  for the decoder accumulates each atom's squared norm, so the next step's renormalisation is a
-  single scaling pass (``renormalise_``). The step count lives on the device, so the whole step
-  can be captured in a CUDA graph.
+  gradient and can refresh the parameter's bf16 copy in the same pass and, for the decoder,
+  accumulate each atom's squared norm, so that a renormalisation is a single scaling pass
+  (``renormalise_``). The step count lives on the device (CUDA-graph safe).
 
 Layout: token-major (one row per token), as cuBLAS and the activation cache prefer: codes and
 their gradient (B, L), the encoder weight (L, d), the decoder (d, L) with one atom per column.
-Importing this module needs ``triton`` (shipped with CUDA builds of torch); nothing else in the
-framework imports it. ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors (slowly), which is
-how they can be checked without a GPU.
+Importing this module needs ``triton`` (CUDA builds of torch bring it; ``train`` imports it only
+where it applies). ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors (slowly; fp32 only:
+the interpreter's bf16 ``tl.dot`` is wrong), which is how tests/test_fused.py checks them.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def _set_blocks(args: dict) -> None:
     """Give the TMA descriptors the block shapes of the configuration being run."""
     m, n, k = args["BLOCK_M"], args["BLOCK_N"], args["BLOCK_K"]
     args["a_desc"].block_shape = [m, k]
-    args["b_desc"].block_shape = [k, n]
+    # A K-major right operand (the atoms stored transposed, (L, d)) is loaded as (n, k) tiles.
+    args["b_desc"].block_shape = [n, k] if args["B_KMAJOR"] else [k, n]
     args["codes_desc"].block_shape = [m, n]
     args["out_desc"].block_shape = [m, n]
 
@@ -95,7 +100,7 @@ def _epilogue_stats(codes, active, rn, N, fired_ptr, sums_ptr):
 # restore_value: the statistics accumulate, so autotuning's trial runs must not add to them.
 @triton.autotune(
     configs=_configs(tma=False),
-    key=["M", "N", "K", "PRECISION"],
+    key=["M", "N", "K", "PRECISION", "stride_bn"],
     restore_value=["fired_ptr", "sums_ptr"],
 )
 @triton.heuristics(
@@ -147,14 +152,14 @@ def _masked_grad_kernel(
 
 @triton.autotune(
     configs=_configs(tma=True),
-    key=["M", "N", "K", "PRECISION"],
+    key=["M", "N", "K", "PRECISION", "B_KMAJOR"],
     restore_value=["fired_ptr", "sums_ptr"],
 )
 @triton.jit
 def _masked_grad_tma_kernel(
     a_desc, b_desc, codes_desc, out_desc, fired_ptr, sums_ptr,
     M, N, K, constant,
-    STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr,
+    STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr, B_KMAJOR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # The same kernel with the tiles moved by the TMA engine (Hopper's bulk tensor copies):
@@ -165,7 +170,7 @@ def _masked_grad_tma_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         a = a_desc.load([off_m, k])
-        b = b_desc.load([k, off_n])
+        b = b_desc.load([off_n, k]).T if B_KMAJOR else b_desc.load([k, off_n])
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if not EARLY:
         codes = codes_desc.load([off_m, off_n])
@@ -186,10 +191,11 @@ def masked_grad(
 ) -> Tensor:
     """``where(codes > 0, residual @ atoms + constant, 0)`` in ``codes``' dtype, in one kernel.
 
-    ``residual`` (B, d), ``atoms`` (d, L), ``codes`` (B, L). With ``stats = (fired, sums)``
-    (int32 and fp32 tensors of L), adds to them the number of tokens each latent fired on and
-    the sum of its codes over the batch. ``tma``: move tiles with the TMA engine (Hopper and
-    later; contiguous rows with 16-byte aligned strides)."""
+    ``residual`` (B, d), ``atoms`` (d, L) — or the (d, L) view of a contiguous (L, d) tensor,
+    whose K-major tiles the tensor cores may read faster — ``codes`` (B, L). With ``stats =
+    (fired, sums)`` (int32 and fp32 tensors of L), adds to them the number of tokens each latent
+    fired on and the sum of its codes over the batch. ``tma``: move tiles with the TMA engine
+    (Hopper and later; contiguous rows with 16-byte aligned strides)."""
     batch, dim = residual.shape
     latents = atoms.shape[1]
     if atoms.shape[0] != dim or codes.shape != (batch, latents):
@@ -206,8 +212,11 @@ def masked_grad(
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (residual, atoms, codes, out)]
-        _masked_grad_tma_kernel[grid](*descs, fired, sums, *sizes, **flags)
+        # atoms may be a (d, L) view of a contiguous (L, d) tensor: K-major tiles, as wgmma likes
+        k_major = atoms.stride(0) == 1 and atoms.stride(1) != 1
+        right = atoms.T if k_major else atoms
+        descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (residual, right, codes, out)]
+        _masked_grad_tma_kernel[grid](*descs, fired, sums, *sizes, B_KMAJOR=k_major, **flags)
         return out
     _masked_grad_kernel[grid](
         residual, atoms, codes, out, fired, sums, *sizes,
@@ -231,7 +240,8 @@ def autotune_timings() -> dict[str, dict[str, float]]:
 def _adam_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr, low_ptr, sumsq_ptr, step_ptr,
     rows, cols, lr, beta1, beta2, eps,
-    LOW: tl.constexpr, SUMSQ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    LOW: tl.constexpr, SUMSQ: tl.constexpr, AXIS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # torch.optim.Adam's update, term for term: m ← lerp(m, g, 1−β1), v ← β2 v + (1−β2) g²,
     # p ← p − lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps).
@@ -254,8 +264,11 @@ def _adam_kernel(
     tl.store(v_ptr + offsets, v, mask=inside)
     if LOW:
         tl.store(low_ptr + offsets, p.to(low_ptr.dtype.element_ty), mask=inside)
-    if SUMSQ:
-        tl.atomic_add(sumsq_ptr + c, tl.sum(p * p, axis=0), mask=c < cols)
+    if SUMSQ:  # one atomic per column (AXIS 0) or row (AXIS 1) of the tile
+        if AXIS == 0:
+            tl.atomic_add(sumsq_ptr + c, tl.sum(p * p, axis=0), mask=c < cols)
+        else:
+            tl.atomic_add(sumsq_ptr + r, tl.sum(p * p, axis=1), mask=r < rows)
 
 
 def adam_(
@@ -268,11 +281,13 @@ def adam_(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     low: Tensor | None = None,
-    column_sumsq: Tensor | None = None,
+    sumsq: Tensor | None = None,
+    axis: int = 0,
 ) -> None:
     """One Adam update of the contiguous 2-D fp32 ``param`` in place, ``step`` (a 0-d fp32 device
     tensor) already counting this step. Optionally writes ``low`` (the updated parameter in a
-    lower precision) and adds each column's squared norm to ``column_sumsq``."""
+    lower precision) and adds to ``sumsq`` the squared norms of the updated parameter's columns
+    (``axis=0``: the sum runs over rows) or rows (``axis=1``)."""
     rows, cols = param.shape
     for t in (param, grad, exp_avg, exp_avg_sq, *(x for x in (low,) if x is not None)):
         if t.shape != param.shape or not t.is_contiguous():
@@ -281,34 +296,126 @@ def adam_(
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _adam_kernel[grid](
         param, grad, exp_avg, exp_avg_sq,
-        low if low is not None else param, column_sumsq if column_sumsq is not None else param,
+        low if low is not None else param, sumsq if sumsq is not None else param,
         step, rows, cols, lr, betas[0], betas[1], eps,
-        LOW=low is not None, SUMSQ=column_sumsq is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+        LOW=low is not None, SUMSQ=sumsq is not None, AXIS=axis, BLOCK_R=block_r, BLOCK_C=block_c,
         num_warps=8,
     )  # fmt: skip
 
 
 @triton.jit
 def _renormalise_kernel(
-    d_ptr, low_ptr, sumsq_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):
+    d_ptr, low_ptr, sumsq_ptr, rows, cols,
+    AXIS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     inside = (r[:, None] < rows) & (c[None, :] < cols)
     offsets = r[:, None] * cols + c[None, :]
     # As Decoder.renormalise_: divide by the norm clamped at 1e-12.
-    norm = tl.maximum(tl.sqrt(tl.load(sumsq_ptr + c, mask=c < cols, other=1.0)), 1e-12)
-    atoms = tl.load(d_ptr + offsets, mask=inside, other=0.0) / norm[None, :]
+    if AXIS == 0:  # atoms in columns
+        norm = tl.maximum(tl.sqrt(tl.load(sumsq_ptr + c, mask=c < cols, other=1.0)), 1e-12)
+        atoms = tl.load(d_ptr + offsets, mask=inside, other=0.0) / norm[None, :]
+    else:  # atoms in rows
+        norm = tl.maximum(tl.sqrt(tl.load(sumsq_ptr + r, mask=r < rows, other=1.0)), 1e-12)
+        atoms = tl.load(d_ptr + offsets, mask=inside, other=0.0) / norm[:, None]
     tl.store(d_ptr + offsets, atoms, mask=inside)
     tl.store(low_ptr + offsets, atoms.to(low_ptr.dtype.element_ty), mask=inside)
 
 
-def renormalise_(atoms: Tensor, low: Tensor, column_sumsq: Tensor) -> None:
-    """Divide each column of the contiguous fp32 ``atoms`` (d, L) by its norm, given as
-    ``column_sumsq`` (from ``adam_``), and write the result's copy in ``low``'s dtype."""
+def renormalise_(atoms: Tensor, low: Tensor, sumsq: Tensor, axis: int = 0) -> None:
+    """Divide each atom of the contiguous fp32 ``atoms`` by its norm, given as ``sumsq`` (from
+    ``adam_``), and write the result's copy in ``low``'s dtype. Atoms are the columns of a
+    (d, L) matrix (``axis=0``, the framework's layout) or the rows of an (L, d) one (``axis=1``)."""
     rows, cols = atoms.shape
     block_r, block_c = 16, 256
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _renormalise_kernel[grid](
-        atoms, low, column_sumsq, rows, cols, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8
+        atoms, low, sumsq, rows, cols, AXIS=axis, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8
     )
+
+
+def forward_residual(
+    x: Tensor, encoder_low: Tensor, atoms_low: Tensor, zero_bias: Tensor
+) -> tuple[Tensor, Tensor, float]:
+    """The SAE's forward pass and the scaled residual, token-major, with the elementwise work in
+    cuBLASLt epilogues: codes = ReLU(x·Wᵀ) (B, L), and residual = scale·(codes·Dᵀ − x) (B, d)
+    where scale = 2/(d·B) makes it ∂mse/∂(codes·Dᵀ). Returns (codes, residual, scale)."""
+    batch, dim = x.shape
+    codes = torch._addmm_activation(zero_bias, x, encoder_low.T)
+    scale = 2.0 / (dim * batch)
+    residual = torch.addmm(x, codes, atoms_low.T, beta=-scale, alpha=scale)
+    return codes, residual, scale
+
+
+def tma_ok(*tensors: Tensor) -> bool:
+    """Whether the TMA kernel applies: a Hopper-or-later GPU and 16-byte aligned rows."""
+    if not all(t.is_cuda for t in tensors) or torch.cuda.get_device_capability() < (9, 0):
+        return False
+    return all(
+        t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+        for t in tensors
+    )
+
+
+class SAETrainer:
+    """``train.Step``'s hand-written SAE step (``encoder.fast_step``) as fused kernels, for a
+    ReLU SAE without encoder bias on a GPU with ``device.autocast=bf16``: bf16 GEMMs on copies of
+    the fp32 weights, the code gradient and the train statistics from ``masked_grad``, and this
+    module's Adam on the framework optimiser's own moments and step counts (so checkpoints and
+    resumption are unchanged). The caller renormalises the decoder first, as for every step.
+
+    It takes the same steps as the framework's autograd step (tests/test_fused.py checks it in
+    fp32 through Triton's interpreter); ``low`` is the GEMMs' dtype."""
+
+    def __init__(
+        self, weight: Tensor, atoms: Tensor, atoms_learned: bool, optimiser, low: torch.dtype
+    ) -> None:
+        self.weight, self.atoms, self.learned, self.low = weight, atoms, atoms_learned, low
+        self.optimiser = optimiser
+        index = {id(p): i for i, p in enumerate(optimiser.params)}
+        self.slots = [index[id(weight)]] + ([index[id(atoms)]] if atoms_learned else [])
+        replicas, latents, _ = weight.shape
+        self.zero_bias = torch.zeros(latents, device=weight.device, dtype=low)
+        self.fired = torch.zeros(replicas, latents, device=weight.device, dtype=torch.int32)
+        self.sums = torch.zeros(replicas, latents, device=weight.device)
+
+    @torch.no_grad()
+    def __call__(
+        self, x: Tensor, l1_coeff: float, track: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """One Adam step of every replica on the batch ``x`` (d, B). With ``track``, returns per
+        replica (mse, mean code, mean L0) and which latents fired (R, L)."""
+        opt = self.optimiser
+        opt.t += 1
+        torch._foreach_add_(opt.steps, 1)
+        betas, eps = (opt.beta1, opt.beta2), opt.eps
+        xt = x.T.to(self.low).contiguous()  # (B, d)
+        batch, dim = xt.shape
+        replicas, latents, _ = self.weight.shape
+        constant = l1_coeff / (latents * batch)
+        mse = torch.zeros(replicas, device=xt.device)
+        if track:
+            self.fired.zero_()
+            self.sums.zero_()
+        for r in range(replicas):
+            encoder, atoms = self.weight[r], self.atoms[r]
+            encoder_low, atoms_low = encoder.to(self.low), atoms.to(self.low)
+            codes, residual, scale = forward_residual(xt, encoder_low, atoms_low, self.zero_bias)
+            stats = (self.fired[r], self.sums[r]) if track else None
+            tma = tma_ok(residual, atoms_low, codes)
+            grad_pre = masked_grad(residual, atoms_low, codes, constant, stats=stats, tma=tma)
+            i = self.slots[0]
+            adam_(encoder, grad_pre.T @ xt, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
+                  opt.steps[i], opt.lr, betas, eps)  # fmt: skip
+            if self.learned:
+                i = self.slots[1]
+                adam_(atoms, residual.T @ codes, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
+                      opt.steps[i], opt.lr, betas, eps)  # fmt: skip
+            if track:  # mean((codes·Dᵀ − x)²) from the scaled residual
+                mse[r] = residual.float().square().sum() / (scale * scale * dim * batch)
+        if not track:
+            return None
+        l1 = self.sums.sum(dim=1) / (latents * batch)
+        l0 = self.fired.sum(dim=1).float() / batch
+        return mse, l1, l0, self.fired > 0

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -30,6 +31,7 @@ from sparsegap.data.synthetic import StreamBatch
 from sparsegap.decoder import Decoder
 from sparsegap.encoders import ENCODERS, Encoder
 from sparsegap.encoders.layers import replica_generators
+from sparsegap.encoders.sae import SAE
 from sparsegap.flops import Flops, adam_update, reconstruction_loss
 from sparsegap.optim import Adam
 from sparsegap.scenarios import SCENARIOS, Losses, Scenario
@@ -330,6 +332,8 @@ class Step:
             and not model.weighted
             and not cfg.compile
         )
+        # On a GPU in bf16 the SAE's hand-written step runs as fused Triton kernels.
+        self.fused = _fused_trainer(model, self.optimiser) if self.fast and self.autocast else None
 
     def __call__(self) -> None:
         model = self.model
@@ -346,10 +350,16 @@ class Step:
         t = self.optimiser.t + 1
         if self.lr_warmup > 0:
             self.optimiser.lr = self.lr * min(1.0, t / self.lr_warmup)
+        l1_value = self.l1_coeff * (min(1.0, t / self.l1_warmup) if self.l1_warmup > 0 else 1.0)
+        if self.fused is not None:  # sparsegap.fused: the whole step, Adam included
+            stats = self.fused(x, l1_value, self.track)
+            if stats is not None:
+                mse, l1, l0, fired = stats
+                self._add(Losses(total=mse + l1_value * l1, mse=mse, l1=l1), l0, fired)
+            return
         l1_coeff: float | Tensor = self.l1_coeff
         if self.l1_warmup > 0:  # a tensor, so a compiled loss does not recompile
-            ramp = min(1.0, t / self.l1_warmup)
-            l1_coeff = torch.tensor(self.l1_coeff * ramp, device=model.device)
+            l1_coeff = torch.tensor(l1_value, device=model.device)
         if self.fast:  # the encoder's hand-written forward and backward (Encoder.fast_step)
             assert model.decoder is not None
             low = torch.bfloat16 if self.autocast else x.dtype
@@ -384,13 +394,19 @@ class Step:
 
     @torch.no_grad()
     def _accumulate(self, losses: Losses, codes: Tensor) -> None:
+        active = codes > 0
+        self._add(losses, active.sum(dim=1).float().mean(dim=1), active.any(dim=2))
+
+    def _add(self, losses: Losses, l0: Tensor, fired: Tensor) -> None:
+        """Add one step's loss terms and mean L0 (each (R,)) to the sums since the last
+        ``pop_means``, and mark the latents that ``fired`` (R, L) as seen now."""
         terms = {f"{name}/train": value.detach() for name, value in losses.named().items()}
-        terms["l0/train"] = (codes > 0).sum(dim=1).float().mean(dim=1)
+        terms["l0/train"] = l0
         for name, value in terms.items():
             previous = self.sums.get(name)
             self.sums[name] = value.float() if previous is None else previous + value.float()
         self.count += 1
-        self.last_fired.masked_fill_((codes > 0).any(dim=2), self.samples)
+        self.last_fired.masked_fill_(fired, self.samples)
 
     def elapsed(self) -> float:
         """Wall time of the run so far, across resumptions (seconds)."""
@@ -421,6 +437,23 @@ class Step:
         self.last_fired.copy_(state["last_fired"])
         self.count = int(state["count"])
         self.samples = self.samples_at_start = int(state["samples"])
+
+
+def _fused_trainer(model: Model, optimiser: Adam) -> Any:
+    """``sparsegap.fused.SAETrainer`` where it applies (a CUDA device, an SAE — or SAE+ITO,
+    trained alike — without encoder bias, Triton importable), else None: the plain hand-written
+    step runs."""
+    encoder, decoder = model.encoder, model.decoder
+    if model.device.type != "cuda" or decoder is None or not isinstance(encoder, SAE):
+        return None
+    if encoder.linear.bias is not None:
+        return None
+    try:
+        from sparsegap import fused
+    except ImportError:  # a torch build without Triton
+        return None
+    weight = encoder.linear.weight
+    return fused.SAETrainer(weight, decoder.weight, decoder.learned, optimiser, torch.bfloat16)
 
 
 def make_step(model: Model, batches: Iterator[Tensor] | None = None) -> Step:

@@ -21,15 +21,17 @@ def masked_grad_errors(tma: bool) -> dict[str, float]:
         residual = torch.randn(batch, dim, generator=gen)
         atoms = torch.randn(dim, latents, generator=gen)
         codes = torch.randn(batch, latents, generator=gen).relu_()
-        fired = torch.zeros(latents, dtype=torch.int32)
-        sums = torch.zeros(latents)
-        out = fused.masked_grad(residual, atoms, codes, 0.25, stats=(fired, sums), tma=tma)
         reference = torch.where(codes > 0, residual @ atoms + 0.25, 0.0)
-        name = f"{'tma' if tma else 'pointer'} {batch}x{dim}x{latents}"
-        errors[f"grad {name}"] = (out - reference).abs().max().item()
-        errors[f"fired {name}"] = (fired - (codes > 0).sum(dim=0)).abs().max().item()
-        errors[f"sums {name}"] = (sums - codes.sum(dim=0)).abs().max().item()
-        errors[f"zeros {name}"] = float(((codes == 0) & (out != 0)).sum().item())
+        # The atoms as given (d, L), and as the (d, L) view of an (L, d) tensor (K-major).
+        for layout, right in (("", atoms), (" k-major", atoms.T.contiguous().T)):
+            fired = torch.zeros(latents, dtype=torch.int32)
+            sums = torch.zeros(latents)
+            out = fused.masked_grad(residual, right, codes, 0.25, stats=(fired, sums), tma=tma)
+            name = f"{'tma' if tma else 'pointer'}{layout} {batch}x{dim}x{latents}"
+            errors[f"grad {name}"] = (out - reference).abs().max().item()
+            errors[f"fired {name}"] = (fired - (codes > 0).sum(dim=0)).abs().max().item()
+            errors[f"sums {name}"] = (sums - codes.sum(dim=0)).abs().max().item()
+            errors[f"zeros {name}"] = float(((codes == 0) & (out != 0)).sum().item())
     return errors
 
 
@@ -46,29 +48,90 @@ def adam_errors() -> dict[str, float]:
         grad = torch.randn(40, 300, generator=gen) * (i + 1)
         step += 1
         sumsq.zero_()
-        fused.adam_(param, grad, exp_avg, exp_avg_sq, step, 1e-2, low=low, column_sumsq=sumsq)
+        fused.adam_(param, grad, exp_avg, exp_avg_sq, step, 1e-2, low=low, sumsq=sumsq)
         reference.grad = grad.clone()
         optimiser.step()
     normalised = torch.empty(40, 300, dtype=torch.bfloat16)
     expected_sumsq = (param * param).sum(dim=0)
     fused.renormalise_(param, normalised, sumsq)
     target = reference.detach() / reference.detach().norm(dim=0)
-    return {
+    errors = {
         "adam sumsq": (sumsq - expected_sumsq).abs().max().item() / expected_sumsq.max().item(),
         "adam+renormalise": (param - target).abs().max().item(),
         "bf16 copy": (normalised.float() - param).abs().max().item(),
     }
+    # Atoms in rows (axis=1): one Adam step, then the rows renormalised.
+    rows = torch.randn(300, 40, generator=gen)
+    reference = rows.clone().requires_grad_()
+    optimiser = torch.optim.Adam([reference], lr=1e-2)
+    grad = torch.randn(300, 40, generator=gen)
+    row_sumsq = torch.zeros(300)
+    moments = torch.zeros_like(rows), torch.zeros_like(rows)
+    fused.adam_(rows, grad, *moments, torch.ones(()), 1e-2, sumsq=row_sumsq, axis=1)
+    reference.grad = grad.clone()
+    optimiser.step()
+    fused.renormalise_(rows, torch.empty(300, 40, dtype=torch.bfloat16), row_sumsq, axis=1)
+    target = reference.detach() / reference.detach().norm(dim=1, keepdim=True)
+    errors["adam+renormalise rows"] = (rows - target).abs().max().item()
+    return errors
 
 
 def step_errors() -> dict[str, float]:
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
     errors = {}
     for tma in (False, True):
-        for name, value in bench_gpu.check_fused_step(shape, torch.device("cpu"), tma=tma).items():
-            errors[f"step {'tma' if tma else 'pointer'} {name}"] = value
+        for rows in (False, True):
+            check = bench_gpu.check_fused_step(shape, torch.device("cpu"), tma=tma, atom_rows=rows)
+            for name, value in check.items():
+                errors[f"step {'tma' if tma else 'pointer'}{' rows' if rows else ''} {name}"] = (
+                    value
+                )
+    return errors
+
+
+def trainer_errors() -> dict[str, float]:
+    """The framework's Step with ``fused.SAETrainer`` attached (as on a GPU in bf16, here in
+    fp32) against the plain Step: 2 replicas, lr and L1 warm-ups, train statistics."""
+    from sparsegap.train import Step, build
+
+    shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
+    cpu = torch.device("cpu")
+    steps = []
+    for attach in (False, True):
+        cfg = bench_gpu.framework_config(shape, "sae", "cpu", lr=1e-3, l1_coeff=1e-2)
+        cfg.replicas, cfg.lr_warmup_steps, cfg.l1_warmup_steps = 2, 3, 2
+        model = build(cfg, cpu)
+        x = torch.randn(shape["batch"], shape["dim"], generator=torch.Generator().manual_seed(0))
+        step = Step(model, iter([x.T] * 6), track=True)
+        if attach:
+            assert step.fast is False  # fast_step is off in this config: attach by hand
+            step.fused = fused.SAETrainer(
+                model.encoder.linear.weight, model.decoder.weight, True, step.optimiser,
+                torch.float32,
+            )  # fmt: skip
+        for _ in range(6):
+            step()
+        model.decoder.renormalise_()
+        steps.append((model, step, step.pop_means()))
+    (plain, plain_step, plain_means), (fast, fast_step, fast_means) = steps
+    errors = {
+        "trainer decoder": (plain.decoder.weight - fast.decoder.weight).abs().max().item(),
+        "trainer encoder": (plain.encoder.linear.weight - fast.encoder.linear.weight)
+        .abs()
+        .max()
+        .item(),
+        "trainer last_fired": float((plain_step.last_fired != fast_step.last_fired).sum()),
+        "trainer adam t": float(plain_step.optimiser.t - fast_step.optimiser.t),
+    }
+    for name, values in plain_means.items():
+        theirs = fast_means[name]
+        errors[f"trainer {name}"] = max(
+            abs(a - b) / max(abs(a), 1e-12) for a, b in zip(values, theirs, strict=True)
+        )
     return errors
 
 
 if __name__ == "__main__":
     result = masked_grad_errors(False) | masked_grad_errors(True) | adam_errors() | step_errors()
+    result |= trainer_errors()
     print(json.dumps(result))

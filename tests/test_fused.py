@@ -34,7 +34,8 @@ def interpreted() -> dict[str, float]:
 
 def test_masked_grad_equals_torch_with_its_statistics(interpreted):
     grads = {k: v for k, v in interpreted.items() if k.startswith("grad ")}
-    assert len(grads) == 4  # pointer and TMA kernels, tile-divisible and ragged shapes
+    # pointer and TMA kernels × atoms (d, L) or K-major × tile-divisible and ragged shapes
+    assert len(grads) == 8
     assert max(grads.values()) < 1e-4, grads
     counts = {k: v for k, v in interpreted.items() if k.startswith(("fired ", "zeros "))}
     assert max(counts.values()) == 0, counts  # exact: integer counts, inactive codes stay 0
@@ -44,14 +45,49 @@ def test_masked_grad_equals_torch_with_its_statistics(interpreted):
 
 def test_adam_kernel_is_torch_adam_and_keeps_the_atom_norms(interpreted):
     assert interpreted["adam+renormalise"] < 1e-6
+    assert interpreted["adam+renormalise rows"] < 1e-6
     assert interpreted["adam sumsq"] < 1e-6
     assert 0 < interpreted["bf16 copy"] < 1e-2  # a real bf16 rounding, of the renormalised atoms
 
 
 def test_fused_step_takes_the_framework_steps(interpreted):
     steps = {k: v for k, v in interpreted.items() if k.startswith("step ")}
-    assert len(steps) == 6
+    assert len(steps) == 12  # pointer and TMA kernels × atoms in columns or rows
     assert max(steps.values()) < 1e-5, steps
+
+
+def test_framework_step_with_the_fused_trainer_equals_the_plain_step(interpreted):
+    # 2 replicas, lr and L1 warm-ups, 6 steps: weights, Adam's count, tracked means, dead latents.
+    trainer = {k: v for k, v in interpreted.items() if k.startswith("trainer ")}
+    assert {"trainer decoder", "trainer l0/train", "trainer loss/mse/train"} <= trainer.keys()
+    assert max(trainer.values()) < 1e-5, trainer
+    assert trainer["trainer last_fired"] == 0 and trainer["trainer adam t"] == 0
+
+
+def test_the_fused_trainer_is_for_gpus_only():
+    from sparsegap import bench_gpu
+
+    trainer, _ = bench_gpu.framework_step(
+        bench_gpu.SMALL, "sae", torch.device("cpu"), autocast="bf16", fast_step=True
+    )
+    assert trainer.fast and trainer.fused is None  # on CPU: the plain hand-written step
+
+
+@pytest.mark.gpu
+def test_framework_uses_the_fused_trainer_on_a_gpu():
+    from sparsegap import bench_gpu
+
+    device = torch.device("cuda")
+    runs = {}
+    for fast in (False, True):
+        trainer, _ = bench_gpu.framework_step(
+            bench_gpu.SMALL, "sae", device, autocast="bf16", fast_step=fast, lr=1e-3
+        )
+        assert (trainer.fused is not None) == fast
+        for _ in range(20):
+            trainer()
+        runs[fast] = trainer.pop_means()["loss/mse/train"][0]
+    assert abs(runs[True] - runs[False]) / runs[False] < 0.05, runs
 
 
 @pytest.mark.gpu
