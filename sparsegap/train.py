@@ -446,6 +446,8 @@ def _fused_trainer(model: Model, optimiser: Adam) -> Any:
     encoder, decoder = model.encoder, model.decoder
     if model.device.type != "cuda" or decoder is None or not isinstance(encoder, SAE):
         return None
+    if torch.cuda.get_device_capability(model.device) < (8, 0):  # Triton's bf16 GEMMs: Ampere+
+        return None
     if encoder.linear.bias is not None:
         return None
     try:
