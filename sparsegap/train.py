@@ -444,7 +444,12 @@ def _fused_trainer(model: Model, optimiser: Adam) -> Any:
     trained alike — without encoder bias, Triton importable), else None: the plain hand-written
     step runs."""
     encoder, decoder = model.encoder, model.decoder
-    if model.device.type != "cuda" or decoder is None or not isinstance(encoder, SAE):
+    # The SAE's own forward and step (a subclass that changes either trains differently).
+    kind = type(encoder)
+    is_sae = isinstance(encoder, SAE) and kind.forward is SAE.forward
+    if model.device.type != "cuda" or decoder is None or not is_sae:
+        return None
+    if kind.fast_step is not SAE.fast_step:
         return None
     if torch.cuda.get_device_capability(model.device) < (8, 0):  # Triton's bf16 GEMMs: Ampere+
         return None
