@@ -220,7 +220,8 @@ class FusedSAEStep:
     token count at which each latent last fired) on the device. ``masked=False`` replaces the
     Triton GEMM by cuBLAS (L1 constant as a bias epilogue) + ``threshold_backward``, to show
     what the fused epilogue buys. ``atom_rows`` keeps the decoder as (L, d), one atom per row,
-    so that the code-gradient GEMM reads its right operand K-major."""
+    so that the code-gradient GEMM reads its right operand K-major. Arguments as
+    ``FastSAEStep``'s: weights (L, d) and (d, L), the batch x (d, B)."""
 
     def __init__(
         self,
@@ -250,7 +251,7 @@ class FusedSAEStep:
         # overlap: the decoder's gradient GEMM and its (memory-bound) Adam on a second CUDA
         # stream, beside the code-gradient and encoder-gradient GEMMs.
         self.side = torch.cuda.Stream() if overlap else None
-        self.x = x.to(compute).contiguous()  # (B, d): a static input buffer
+        self.x = x.T.to(compute).contiguous()  # (B, d) from (d, B): a static input buffer
         self.W_low = self.W.to(compute)
         self.D_low = torch.empty_like(self.D, dtype=compute)
         self.sumsq = (self.D * self.D).sum(dim=self.axis)  # atoms' squared norms, kept by Adam
@@ -266,7 +267,7 @@ class FusedSAEStep:
     @torch.no_grad()
     def __call__(self) -> None:
         fused, x = self.fused, self.x
-        batch, dim = x.shape
+        batch = x.shape[0]
         latents = self.W.shape[0]
         fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
         atoms = self.D_low.T if self.axis else self.D_low  # (d, L), a view when in rows
@@ -304,7 +305,7 @@ class FusedSAEStep:
             main.wait_stream(self.side)
         if self.track:  # the framework's train statistics, all on the device
             self.samples.add_(batch)
-            mse = residual.float().square().sum() / (scale * scale * dim * batch)
+            mse = fused.residual_mse(residual, scale)
             l1 = self.sums.sum() / (latents * batch)
             l0 = self.fired.sum() / batch
             self.totals.add_(torch.stack([mse, l1, l0.float()]))
@@ -367,7 +368,7 @@ def check_fused_step(
     trainer, model = framework_step(shape, "sae", device, lr=1e-3, l1_coeff=1e-2)
     x = next(trainer.batches)  # (d, B)
     weights = model.encoder.linear.weight[0], model.decoder.weight[0]
-    step = FusedSAEStep(*weights, x.T, 1e-3, 1e-2, torch.float32, **options)
+    step = FusedSAEStep(*weights, x, 1e-3, 1e-2, torch.float32, **options)
     for _ in range(steps):
         trainer()
         step()
@@ -395,6 +396,10 @@ def check_masked_grad(shape: dict[str, int], device: torch.device) -> float:
     return ((out.float() - reference).abs().max() / reference.abs().max()).item()
 
 
+def five_gemm_flop(shape: dict[str, int]) -> int:
+    return 5 * 2 * shape["batch"] * shape["dim"] * shape["latents"]
+
+
 class FiveGEMMs:
     """The step's five bf16 GEMMs alone (cuBLAS, token-major): the compute floor of any step."""
 
@@ -406,7 +411,7 @@ class FiveGEMMs:
         self.D = torch.randn(dim, latents, **bf16) / dim**0.5
         self.codes = torch.empty(batch, latents, **bf16)
         self.grad = torch.empty(batch, latents, **bf16)
-        self.flop = 5 * 2 * batch * dim * latents
+        self.flop = five_gemm_flop(shape)
 
     def __call__(self) -> None:
         torch.mm(self.x, self.W.T, out=self.codes)
@@ -552,14 +557,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return make
 
-    def fast(graph: bool) -> Callable[[], tuple[Callable[[], Any], int]]:
+    def prototype(
+        kind: type, graph: bool, **options: Any
+    ) -> Callable[[], tuple[Callable[[], Any], int]]:
+        """A bench-only step (``FastSAEStep`` or ``FusedSAEStep``), optionally graphed."""
+
         def make() -> tuple[Callable[[], Any], int]:
+            torch.backends.cuda.matmul.allow_tf32 = False
             # Initialised like the framework (no framework import: runs under any CUDA Python).
             dim, latents = shape["dim"], shape["latents"]
             W = (torch.rand(latents, dim, device=device) * 2 - 1) / dim**0.5
             D = torch.randn(dim, latents, device=device)
             x = torch.randn(shape["batch"], dim, device=device).T
-            step: Callable[[], None] = FastSAEStep(W, D, x, 1e-4, 1e-3)
+            step: Callable[[], None] = kind(W, D, x, 1e-4, 1e-3, **options)
             if graph:
                 step = CUDAGraphed(step)
             return step, shape["batch"]
@@ -567,18 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         return make
 
     def fused_step(graph: bool, **options: Any) -> Callable[[], tuple[Callable[[], Any], int]]:
-        def make() -> tuple[Callable[[], Any], int]:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            dim, latents = shape["dim"], shape["latents"]
-            W = (torch.rand(latents, dim, device=device) * 2 - 1) / dim**0.5
-            D = torch.randn(dim, latents, device=device)
-            x = torch.randn(shape["batch"], dim, device=device)
-            step: Callable[[], None] = FusedSAEStep(W, D, x, 1e-4, 1e-3, **options)
-            if graph:
-                step = CUDAGraphed(step)
-            return step, shape["batch"]
-
-        return make
+        return prototype(FusedSAEStep, graph, **options)
 
     def gemms() -> tuple[Callable[[], Any], int]:
         return FiveGEMMs(shape, device), shape["batch"]
@@ -588,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     # The fused step (Triton: CUDA only) first: it is what this bench is most often run for.
     if cuda:
         variant(f"{sae}: five bf16 GEMMs alone (floor)", gemms, 3)
-        flop = FiveGEMMs(shape, device).flop
+        flop = five_gemm_flop(shape)
         if rows[-1][2].strip():
             ms = float(rows[-1][2])
             print(f"  (five GEMMs: {flop / ms / 1e9:.0f} TFLOP/s)")
@@ -655,9 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         variant(
             f"{sae}: framework encoder.fast_step, TF32", fw("sae", tf32=True, fast_step=True), 3
         )
-    variant(f"{sae}: prototype bf16 GEMMs, f32 master+Adam, hand bwd", fast(graph=False), 3)
+    variant(
+        f"{sae}: prototype bf16 GEMMs, f32 master+Adam, hand bwd",
+        prototype(FastSAEStep, graph=False),
+        3,
+    )
     if cuda:
-        variant(f"{sae}: prototype + CUDA graph", fast(graph=True), 3)
+        variant(f"{sae}: prototype + CUDA graph", prototype(FastSAEStep, graph=True), 3)
     mlp = f"MLP {shape['dim']}→{shape['hidden']}→{shape['latents']}"
     layer = "layer 1 of 2 (small)" if args.small else "GPT-2 small, to blocks.9.hook_resid_pre"
 

@@ -348,14 +348,17 @@ def forward_residual(
     return codes, residual, scale
 
 
-def tma_ok(*tensors: Tensor) -> bool:
-    """Whether the TMA kernel applies: a Hopper-or-later GPU and 16-byte aligned rows."""
-    if not all(t.is_cuda for t in tensors) or torch.cuda.get_device_capability() < (9, 0):
+def residual_mse(residual: Tensor, scale: float) -> Tensor:
+    """mean((codes·Dᵀ − x)²) from ``forward_residual``'s scaled residual (one small pass)."""
+    return residual.float().square().sum() / (scale * scale * residual.numel())
+
+
+def tma_ok(device: torch.device, *row_bytes: int) -> bool:
+    """Whether the TMA kernel applies: a Hopper-or-later GPU and rows of 16-byte multiples
+    (freshly allocated tensors start aligned)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
         return False
-    return all(
-        t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
-        for t in tensors
-    )
+    return all(n % 16 == 0 for n in row_bytes)
 
 
 class SAETrainer:
@@ -379,6 +382,8 @@ class SAETrainer:
         self.zero_bias = torch.zeros(latents, device=weight.device, dtype=low)
         self.fired = torch.zeros(replicas, latents, device=weight.device, dtype=torch.int32)
         self.sums = torch.zeros(replicas, latents, device=weight.device)
+        size = torch.finfo(low).bits // 8
+        self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
 
     @torch.no_grad()
     def __call__(
@@ -391,7 +396,7 @@ class SAETrainer:
         torch._foreach_add_(opt.steps, 1)
         betas, eps = (opt.beta1, opt.beta2), opt.eps
         xt = x.T.to(self.low).contiguous()  # (B, d)
-        batch, dim = xt.shape
+        batch = xt.shape[0]
         replicas, latents, _ = self.weight.shape
         constant = l1_coeff / (latents * batch)
         mse = torch.zeros(replicas, device=xt.device)
@@ -403,8 +408,7 @@ class SAETrainer:
             encoder_low, atoms_low = encoder.to(self.low), atoms.to(self.low)
             codes, residual, scale = forward_residual(xt, encoder_low, atoms_low, self.zero_bias)
             stats = (self.fired[r], self.sums[r]) if track else None
-            tma = tma_ok(residual, atoms_low, codes)
-            grad_pre = masked_grad(residual, atoms_low, codes, constant, stats=stats, tma=tma)
+            grad_pre = masked_grad(residual, atoms_low, codes, constant, stats=stats, tma=self.tma)
             i = self.slots[0]
             adam_(encoder, grad_pre.T @ xt, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
                   opt.steps[i], opt.lr, betas, eps)  # fmt: skip
@@ -412,8 +416,8 @@ class SAETrainer:
                 i = self.slots[1]
                 adam_(atoms, residual.T @ codes, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
                       opt.steps[i], opt.lr, betas, eps)  # fmt: skip
-            if track:  # mean((codes·Dᵀ − x)²) from the scaled residual
-                mse[r] = residual.float().square().sum() / (scale * scale * dim * batch)
+            if track:
+                mse[r] = residual_mse(residual, scale)
         if not track:
             return None
         l1 = self.sums.sum(dim=1) / (latents * batch)

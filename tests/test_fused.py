@@ -103,8 +103,8 @@ def test_fused_step_in_bf16_on_a_gpu():
     W = (torch.rand(shape["latents"], shape["dim"], device=device) * 2 - 1) / shape["dim"] ** 0.5
     D = torch.randn(shape["dim"], shape["latents"], device=device)
     x = torch.randn(shape["batch"], shape["dim"], device=device)
-    plain = bench_gpu.FusedSAEStep(W, D, x, 1e-3, 1e-3)
-    inner = bench_gpu.FusedSAEStep(W, D, x, 1e-3, 1e-3, overlap=True)
+    plain = bench_gpu.FusedSAEStep(W, D, x.T, 1e-3, 1e-3)
+    inner = bench_gpu.FusedSAEStep(W, D, x.T, 1e-3, 1e-3, overlap=True)
     graphed = bench_gpu.CUDAGraphed(inner)
     for _ in range(3):
         plain()
