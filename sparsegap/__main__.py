@@ -44,10 +44,21 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
     if cfg.get("cache") is not None:
         return harvest(cfg, run_dir)
     lm = is_lm(cfg)
+    key = "normalised_mse/test" if lm else "latent_mcc/test"
+    if cfg.skip_completed:
+        from sparsegap.checkpoint import completed_run
+
+        done = completed_run(cfg, run_dir)
+        if done is not None:
+            print(f"{run_dir}: already holds a completed run of this config, skipped")
+            return float((done["final"] or {}).get(key, {}).get("mean", float("nan")))
+    resumed = False
     if lm:
-        run_dir = _continued_run(cfg, run_dir)
+        run_dir, resumed = _continued_run(cfg, run_dir)
     logger = to_container(cfg.logger) if cfg.logger.name == "wandb" else None
-    with Tracker(run_dir, to_container(cfg), logger, group=group, name=name) as tracker:
+    with Tracker(
+        run_dir, to_container(cfg), logger, group=group, name=name, resumed=resumed
+    ) as tracker:
         if lm:
             train_activations(cfg, run_dir, tracker)
         else:
@@ -55,13 +66,13 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
             train(model, tracker)
             model.save(run_dir / "model.pt")
     print_summary(tracker, run_dir)
-    key = "normalised_mse/test" if lm else "latent_mcc/test"
     return float((tracker.last or {})[key]["mean"])
 
 
-def _continued_run(cfg: DictConfig, run_dir: Path) -> Path:
+def _continued_run(cfg: DictConfig, run_dir: Path) -> tuple[Path, bool]:
     """The folder an activation run writes to: ``run_dir``, continued from its checkpoint when
-    it has one; with ``resume=true`` and none, the newest sibling run with this config."""
+    it has one; with ``resume=true`` and none, the newest sibling run with this config. Also
+    whether it continues a checkpoint."""
     from sparsegap import checkpoint
 
     if not checkpoint.exists(run_dir) and cfg.resume:
@@ -72,12 +83,13 @@ def _continued_run(cfg: DictConfig, run_dir: Path) -> Path:
                 " configuration; run without resume=true to start one"
             )
         run_dir = found
-    if checkpoint.exists(run_dir):
-        checkpoint.check_compatible(cfg, run_dir)
-        step = checkpoint.read_state(run_dir)["step"]
-        checkpoint.truncate_metrics(run_dir, step)
-        print(f"resuming {run_dir} from step {step}", file=sys.stderr)
-    return run_dir
+    if not checkpoint.exists(run_dir):
+        return run_dir, False
+    checkpoint.check_compatible(cfg, run_dir)
+    step = checkpoint.read_state(run_dir)["step"]
+    checkpoint.truncate_metrics(run_dir, step)
+    print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+    return run_dir, True
 
 
 def harvest(cfg: DictConfig, run_dir: Path) -> float:

@@ -6,7 +6,9 @@ is (R, d, L)), ``trainer.safetensors`` (Adam moments and step counts, running tr
 token count at which each latent last fired) and ``state.json`` (step, tokens = the data
 position, wall time). It is written to a temporary folder and renamed into place, so a kill
 leaves the previous checkpoint or the new one, never a mix. ``load_model`` rebuilds the trained
-encoder and decoder from it without any data.
+encoder and decoder from it without any data. ``identity`` (the config without the keys that may
+change between a run and its continuation) also decides, for any run, whether a folder already
+holds a completed run of a config (``completed_run``, for ``skip_completed=true``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
 
 FOLDER = "checkpoint"
 # Keys that may change between a run and its continuation (not what is trained, nor how).
-_FREE_KEYS = ("resume", "progress", "logger", "device", "compile", "checkpoint_every", "cache")
+_FREE_KEYS = (
+    "resume", "skip_completed", "progress", "logger", "device", "compile", "checkpoint_every",
+    "cache",
+)  # fmt: skip
 _FREE_DATA_KEYS = ("dim", "input_scale", "model_device", "prefetch", "model_batch")
 
 
@@ -136,6 +141,20 @@ def identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     config = {k: v for k, v in config.items() if k not in _FREE_KEYS}
     config["data"] = {k: v for k, v in config["data"].items() if k not in _FREE_DATA_KEYS}
     return config
+
+
+def completed_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """``skip_completed=true``: the summary of ``run_dir`` when it holds a completed run of this
+    config (same ``identity``, status ``completed``, its model saved), else None."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if summary.get("status") != "completed" or not isinstance(summary.get("config"), dict):
+        return None
+    if not ((run_dir / "model.pt").is_file() or exists(run_dir)):
+        return None
+    return summary if identity(summary["config"]) == identity(cfg) else None
 
 
 def check_compatible(cfg: DictConfig, run_dir: Path) -> None:

@@ -334,6 +334,9 @@ class Config:
     l1_warmup_steps: int = 0  # linear l1_coeff warm-up from 0 over this many steps
     checkpoint_every: int | None = None  # data=lm: tokens between checkpoints; null = at the end
     resume: bool = False  # data=lm: continue the newest run with this config from its checkpoint
+    # A run whose output folder already holds a completed run of this config (summary.json,
+    # model) is not run again: an interrupted multirun (make paper) continues where it stopped.
+    skip_completed: bool = False
 
 
 def register_configs() -> None:

@@ -81,6 +81,7 @@ class Tracker:
         logger: dict[str, Any] | None = None,
         group: str | None = None,
         name: str | None = None,
+        resumed: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,10 +90,13 @@ class Tracker:
         self.last: dict[str, Any] | None = None
         self.best: dict[str, float] = {}
         self.wandb_info: dict[str, Any] | None = None
-        # A resumed run appends to the lines logged before its checkpoint (see checkpoint.py).
-        for line in _lines(self.run_dir / "metrics.jsonl"):
-            self._remember(json.loads(line))
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finish)
+        # A resumed run appends to the lines logged before its checkpoint (see checkpoint.py);
+        # any other run in a used folder starts its metrics afresh (no steps logged twice).
+        if resumed:
+            for line in _lines(self.run_dir / "metrics.jsonl"):
+                self._remember(json.loads(line))
+        mode = "a" if resumed else "w"
+        self._metrics = open(self.run_dir / "metrics.jsonl", mode)  # noqa: SIM115 (closed in finish)
         self._write_summary("running")
         self.wandb_run = self._start_wandb(logger, group, name) if logger else None
         if self.wandb_run is not None:

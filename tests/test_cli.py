@@ -59,3 +59,29 @@ def test_killed_run_keeps_its_metrics_and_is_marked_failed(tmp_path):
     lines = metrics.read_text().splitlines()
     assert len(lines) >= 2
     assert all(json.loads(line)["step"] % 200 == 0 for line in lines)  # every line complete
+
+
+def test_skip_completed_continues_an_interrupted_multirun(tmp_path):
+    sweep = ["-m", "data.K=2,3", "steps=20", "eval_every=10", "replicas=1", "logger=none",
+             "skip_completed=true", "hydra.sweep.dir=sweep"]  # fmt: skip
+    assert run_cli(sweep, cwd=tmp_path).returncode == 0
+    done, interrupted = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    before = (done / "metrics.jsonl").stat().st_mtime_ns, (done / "model.pt").read_bytes()
+    # Job 1 as a kill leaves it: marked failed, its metrics cut short.
+    summary = read_summary(interrupted) | {"status": "failed"}
+    (interrupted / "summary.json").write_text(json.dumps(summary))
+    metrics = interrupted / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+
+    result = run_cli(sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already holds a completed run of this config, skipped") == 1
+    assert ((done / "metrics.jsonl").stat().st_mtime_ns, (done / "model.pt").read_bytes()) == before
+    assert read_summary(interrupted)["status"] == "completed"
+    assert [r["step"] for r in read_metrics(interrupted)] == [0, 10, 20]
+
+    # Another value of a key that changes the run: not the same run, so it runs again.
+    result = run_cli([*sweep, "lr=0.002"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stdout
+    assert read_summary(done)["config"]["lr"] == 0.002

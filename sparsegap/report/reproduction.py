@@ -38,7 +38,10 @@ from sparsegap.report.aggregate import final_and_best, mean_std, order_labels
 from sparsegap.report.collect import Job, label_of, load_jobs
 
 # Every run: a joblib multirun, two jobs at a time, one torch thread each (a 2-core machine).
-LAUNCH = ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "device.threads=1", "progress=false"]
+# skip_completed: an interrupted `make paper` run again continues where it stopped (jobs already
+# completed with the same config are not rerun).
+LAUNCH = ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "device.threads=1", "progress=false",
+          "skip_completed=true"]  # fmt: skip
 QUICK_COMMON = ["steps=200", "eval_every=100", "replicas=2", "logger=none",
                 "data.train_samples=256", "data.test_samples=256"]  # fmt: skip
 
