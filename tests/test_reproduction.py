@@ -16,6 +16,7 @@ from sparsegap.report.reproduction import (
     PRESETS,
     Finding,
     find_sweeps,
+    known_dictionary,
     regimes,
     settings_of,
     sparsity,
@@ -55,6 +56,22 @@ def test_regimes_note_test_codes_left_near_their_start():
     assert any("(sparse_coding 1.0%)" in note for note in regimes(jobs).notes)
     jobs[1].evaluations[0]["l1/train"] = {"mean": 3.0, "replicas": [3.0]}  # converged
     assert not any("near their start" in note for note in regimes(jobs).notes)
+
+
+def _replicas(encoder: dict, mcc: list[float], dead: list[float]) -> Job:
+    config = {"steps": 20_000, "replicas": len(mcc), "encoder": encoder}
+    record = {"latent_mcc/test": {"replicas": mcc}, "dead_latents/test": {"replicas": dead}}
+    return Job(Path("j"), "j", "completed", None, config, [], 1.0, [record])
+
+
+def test_known_dictionary_splits_replicas_by_dead_latents():
+    mlp = _replicas({"name": "mlp", "hidden": 256}, [0.95, 0.7, 0.6], [0.0, 2.0, 3.0])
+    sae = _replicas({"name": "sae"}, [0.6, 0.62], [0.0, 0.0])
+    note = next(n for n in known_dictionary([sae, mlp]).notes if n.startswith("Dead latents"))
+    assert "mlp-256: 2 of 3 replicas end with 2–3 dead latents and reach 0.650" in note
+    assert "the other 1 0.950" in note and "sae:" not in note
+    mlp.evaluations[0]["dead_latents/test"]["replicas"] = [0.0, 0.0, 0.0]
+    assert not any(n.startswith("Dead latents") for n in known_dictionary([sae, mlp]).notes)
 
 
 def test_sparsity_notes_that_exp_codes_have_no_exact_zeros():

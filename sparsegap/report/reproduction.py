@@ -194,6 +194,8 @@ def known_dictionary(jobs: list[Job]) -> Finding:
         "the paper's 0.97 is a from-scratch inference; `sae_ito` here really starts from the "
         "SAE's codes, `sae_ito-scratch` is the paper's curve."
     )
+    if note := _dead_latent_note(methods):
+        f.notes.append(note)
     mlps = {m: final(js)[0] for m, js in methods.items() if m.startswith("mlp")}
     itos = {m: final(js)[0] for m, js in methods.items() if m.startswith("sae_ito")}
     if "sae" in methods and (mlps or itos):
@@ -205,6 +207,40 @@ def known_dictionary(jobs: list[Job]) -> Finding:
             best = max({**mlps, **itos, "sae": sae}.items(), key=lambda kv: kv[1])
             f.add(f"SAE + ITO highest (best: {best[0]}, {best[1]:.3f})", best[0] in itos)
     return f
+
+
+def _dead_latent_note(methods: dict[str, list[Job]]) -> str | None:
+    """With the decoder fixed at the true dictionary, a latent that never fires loses its
+    feature for good: a note splitting each method's replicas by whether they end with dead
+    latents, when some do and some do not (what makes a method's replica spread bimodal)."""
+    parts = []
+    for label, jobs in methods.items():
+        pairs = [
+            (dead, mcc)
+            for job in jobs
+            for dead, mcc in zip(
+                final_and_best(job, "dead_latents/test")[0], final_and_best(job)[0], strict=False
+            )
+            if math.isfinite(dead) and math.isfinite(mcc)
+        ]
+        alive = [mcc for dead, mcc in pairs if dead == 0]
+        lost = [(dead, mcc) for dead, mcc in pairs if dead > 0]
+        if alive and lost:
+            low, high = min(int(d) for d, _ in lost), max(int(d) for d, _ in lost)
+            counts = str(low) if low == high else f"{low}–{high}"
+            parts.append(
+                f"{label}: {len(lost)} of {len(pairs)} replicas end with {counts}"
+                f" dead latents and reach {statistics.fmean(m for _, m in lost):.3f} on average,"
+                f" the other {len(alive)} {statistics.fmean(alive):.3f}"
+            )
+    if not parts:
+        return None
+    return (
+        "Dead latents (never firing on the test set) split the replicas: "
+        + "; ".join(parts)
+        + ". The decoder is the true dictionary, so a dead latent's feature is lost; the spread"
+        " over replicas is which of them lose latents."
+    )
 
 
 UNKNOWN_PAPER = {
