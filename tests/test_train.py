@@ -178,3 +178,17 @@ def test_the_measured_coherence_of_the_true_dictionary_is_logged(tmp_path):
     assert (
         read_summary(tmp_path)["final"]["data/coherence_mean"] == records[-1]["data/coherence_mean"]
     )
+
+
+def test_skip_completed_skips_only_a_completed_run_with_its_model(tmp_path, capsys):
+    def again() -> str:
+        capsys.readouterr()
+        run(compose_config(["skip_completed=true"]), tmp_path)
+        return capsys.readouterr().out
+
+    assert "skipped" not in again()  # nothing there yet
+    assert "skipped" in again()
+    (tmp_path / "model.pt").unlink()  # a folder without its model is not a completed run
+    assert "skipped" not in again()
+    assert (tmp_path / "model.pt").exists()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 20, 40]  # not appended
