@@ -445,15 +445,15 @@ def _fused_trainer(model: Model, optimiser: Adam) -> Any:
     step runs."""
     encoder, decoder = model.encoder, model.decoder
     # The SAE's own forward and step (a subclass that changes either trains differently).
-    kind = type(encoder)
-    is_sae = isinstance(encoder, SAE) and kind.forward is SAE.forward
-    if model.device.type != "cuda" or decoder is None or not is_sae:
-        return None
-    if kind.fast_step is not SAE.fast_step:
+    plain_sae = (
+        isinstance(encoder, SAE)
+        and type(encoder).forward is SAE.forward
+        and type(encoder).fast_step is SAE.fast_step
+        and encoder.linear.bias is None
+    )
+    if model.device.type != "cuda" or decoder is None or not plain_sae:
         return None
     if torch.cuda.get_device_capability(model.device) < (8, 0):  # Triton's bf16 GEMMs: Ampere+
-        return None
-    if encoder.linear.bias is not None:
         return None
     try:
         from sparsegap import fused
