@@ -134,10 +134,13 @@ def main() -> None:
     from sparsegap.runtime import keep_freed_memory
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    mlp_256 = ["encoder=mlp", "encoder.hidden=256"]
     cases = [
         ("sae", ["encoder=sae"], "sae", 32, 2000),
         ("mlp-32", ["encoder=mlp", "encoder.hidden=32"], "mlp", 32, 1000),
-        ("mlp-256", ["encoder=mlp", "encoder.hidden=256"], "mlp", 256, 300),
+        ("mlp-256", mlp_256, "mlp", 256, 300),
+        # the same step without the fused C++ kernel (sparsegap/native)
+        ("mlp-256 torch", [*mlp_256, "encoder.native=false"], "mlp", 256, 300),
         ("sparse_coding", ["encoder=sparse_coding"], "sc", 32, 2000),
     ]
     base_default = {n: timeit(baseline_step(k, h), reps(r)) for n, _, k, h, r in cases}

@@ -8,6 +8,7 @@ from torch import Tensor
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
+from sparsegap.native.mlp_step import NativeMLPStep
 from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
@@ -21,6 +22,7 @@ class MLP(Encoder):
         gens = kw["generators"]
         self.hidden = ReplicaLinear(self.dim, cfg.hidden, gens, bias=cfg.bias)
         self.out = ReplicaLinear(cfg.hidden, self.latents, gens, bias=cfg.bias)
+        self.native = NativeMLPStep() if getattr(cfg, "native", False) else None
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         return self.out(self.hidden(x).relu()).relu()
@@ -34,6 +36,11 @@ class MLP(Encoder):
         atoms_grad: bool,
         losses: bool = True,
     ) -> HandStep:
+        if self.native is not None and self.native.applies(x, self.hidden.weight, atoms):
+            mse, l1, codes, grad_atoms = self.native(
+                x, self.hidden, self.out, atoms, l1_coeff, atoms_grad
+            )
+            return (mse, l1, codes, grad_atoms) if losses else (None, None, codes, grad_atoms)
         hidden = self.hidden(x).relu_()
         codes = self.out(hidden).relu_()
         mse, l1, grad, grad_atoms = reconstruction_backward(
