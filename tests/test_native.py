@@ -4,6 +4,7 @@ once into its cache, and gives way to the torch step, with a reason, where it ca
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -125,6 +126,8 @@ def test_training_takes_the_fused_step_by_default_and_the_torch_step_when_off():
         for _ in range(5):
             step()
     assert native.encoder.native._lib is not None  # the kernel did run
+    copied = copy.deepcopy(native.encoder)  # a copy reloads the library when it steps
+    assert copied.native is not None and copied.native._lib is None
     for name, value in torch_step.encoder.state_dict().items():
         torch.testing.assert_close(native.encoder.state_dict()[name], value, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(

@@ -3,7 +3,7 @@
 // for R replicas on one shared batch x (M × B, one sample per column).
 //
 // Why by hand: at the paper's sizes (M = 8, hidden 256, N = 16, B = 1,024) every GEMM of the
-// torch step has an 8- or 16-wide side, which BLAS runs at a third of this CPU's peak, and the
+// torch step has an 8- or 16-wide side, which BLAS runs at a fifth to a third of peak, and the
 // 256 × B hidden activations (5 MB for five replicas) make four trips through memory. Here the
 // samples are cut into chunks of 32; each chunk's hidden activations (32 × 256 floats) stay in
 // the core's cache from the forward pass to the weight gradients, and every product is a

@@ -48,6 +48,14 @@ class NativeMLPStep:
         self._failed = False
         self._buffers: dict[str, Tensor] = {}
 
+    # A copied or pickled encoder (copy.deepcopy, multiprocessing) reloads the library lazily:
+    # ctypes handles do not copy.
+    def __getstate__(self) -> dict[str, bool]:
+        return {"required": self.required}
+
+    def __setstate__(self, state: dict[str, bool]) -> None:
+        self.__init__(**state)
+
     def applies(self, x: Tensor, w1: Tensor, atoms: Tensor) -> bool:
         shapes_ok = (
             x.device.type == "cpu"
