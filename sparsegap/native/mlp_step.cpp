@@ -46,6 +46,34 @@ struct Ctx {
   float* codes;                                  // [N][B]
 };
 
+// The micro-kernel of five of the products: acc[i][t] += sum_p A(i, p) · B[p][8t .. 8t + 8),
+// A(i, p) = a[i·ai + p·ap] broadcast, B's rows ldb apart; TA × TJ accumulators in registers.
+template <int TA, int TJ>
+inline void rows_times_panel(v8 (&acc)[TA][TJ], const float* a, long ai, long ap, const float* b,
+                             long ldb, int k) {
+  for (int p = 0; p < k; ++p) {
+    v8 row[TJ];
+    for (int t = 0; t < TJ; ++t) row[t] = ld(b + p * ldb + 8 * t);
+    for (int i = 0; i < TA; ++i) {
+      const v8 x = bc(a[i * ai + p * ap]);
+      for (int t = 0; t < TJ; ++t) acc[i][t] = fma(x, row[t], acc[i][t]);
+    }
+  }
+}
+
+template <int TA, int TJ>
+inline void set_zero(v8 (&acc)[TA][TJ]) {
+  for (int i = 0; i < TA; ++i)
+    for (int t = 0; t < TJ; ++t) acc[i][t] = zero();
+}
+
+// out[i·ldo + 8t ..] += acc[i][t]: a weight gradient's running sum over the chunks
+template <int TA, int TJ>
+inline void add_into(float* out, long ldo, const v8 (&acc)[TA][TJ]) {
+  for (int i = 0; i < TA; ++i)
+    for (int t = 0; t < TJ; ++t) st(out + i * ldo + 8 * t, _mm256_add_ps(ld(out + i * ldo + 8 * t), acc[i][t]));
+}
+
 // h[s][j] = relu(b1[j] + sum_m x[m][s] w1t[m][j])
 template <int TS, int TJ>
 inline void l1_tile(const Ctx& c, int s0, int s, int j) {
@@ -54,15 +82,7 @@ inline void l1_tile(const Ctx& c, int s0, int s, int j) {
     v8 b = c.b1 ? ld(c.b1 + j + 8 * t) : zero();
     for (int a = 0; a < TS; ++a) acc[a][t] = b;
   }
-  for (int m = 0; m < c.M; ++m) {
-    v8 w[TJ];
-    for (int t = 0; t < TJ; ++t) w[t] = ld(c.w1t + m * c.H + j + 8 * t);
-    const float* xm = c.x + (size_t)m * c.B + s0 + s;
-    for (int a = 0; a < TS; ++a) {
-      v8 xb = bc(xm[a]);
-      for (int t = 0; t < TJ; ++t) acc[a][t] = fma(xb, w[t], acc[a][t]);
-    }
-  }
+  rows_times_panel(acc, c.x + s0 + s, 1, c.B, c.w1t + j, c.H, c.M);
   for (int a = 0; a < TS; ++a)
     for (int t = 0; t < TJ; ++t) st(c.hs + (s + a) * c.H + j + 8 * t, _mm256_max_ps(acc[a][t], zero()));
 }
@@ -94,37 +114,17 @@ inline void l2_tile(const Ctx& c, int n, int s) {
 template <int TN, int TJ>
 inline void dw2_tile(const Ctx& c, int ns, int n, int j) {
   v8 acc[TN][TJ];
-  for (int b = 0; b < TN; ++b)
-    for (int t = 0; t < TJ; ++t) acc[b][t] = zero();
-  for (int s = 0; s < ns; ++s) {
-    v8 h[TJ];
-    for (int t = 0; t < TJ; ++t) h[t] = ld(c.hs + s * c.H + j + 8 * t);
-    for (int b = 0; b < TN; ++b) {
-      v8 g = bc(c.gz[(n + b) * SC + s]);
-      for (int t = 0; t < TJ; ++t) acc[b][t] = fma(g, h[t], acc[b][t]);
-    }
-  }
-  for (int b = 0; b < TN; ++b)
-    for (int t = 0; t < TJ; ++t) {
-      float* p = c.gw2 + (n + b) * c.H + j + 8 * t;
-      st(p, _mm256_add_ps(ld(p), acc[b][t]));
-    }
+  set_zero(acc);
+  rows_times_panel(acc, c.gz + n * SC, SC, 1, c.hs + j, c.H, ns);
+  add_into(c.gw2 + n * c.H + j, c.H, acc);
 }
 
-// gh[s][j] = (h[s][j] > 0) * sum_n gz[n][s] w2[n][j], written over h
+// gh[s][j] = (h[s][j] > 0) * sum_n gz[n][s] w2[n][j], written over h; b1's gradient
 template <int TS, int TJ>
 inline void dh_tile(const Ctx& c, int s, int j) {
   v8 acc[TS][TJ];
-  for (int a = 0; a < TS; ++a)
-    for (int t = 0; t < TJ; ++t) acc[a][t] = zero();
-  for (int n = 0; n < c.N; ++n) {
-    v8 w[TJ];
-    for (int t = 0; t < TJ; ++t) w[t] = ld(c.w2 + n * c.H + j + 8 * t);
-    for (int a = 0; a < TS; ++a) {
-      v8 g = bc(c.gz[n * SC + s + a]);
-      for (int t = 0; t < TJ; ++t) acc[a][t] = fma(g, w[t], acc[a][t]);
-    }
-  }
+  set_zero(acc);
+  rows_times_panel(acc, c.gz + s, 1, SC, c.w2 + j, c.H, c.N);
   v8 gb[TJ];
   for (int t = 0; t < TJ; ++t) gb[t] = zero();
   for (int a = 0; a < TS; ++a)
@@ -142,21 +142,9 @@ inline void dh_tile(const Ctx& c, int s, int j) {
 template <int TM, int TJ>
 inline void dw1_tile(const Ctx& c, int s0, int ns, int m, int j) {
   v8 acc[TM][TJ];
-  for (int b = 0; b < TM; ++b)
-    for (int t = 0; t < TJ; ++t) acc[b][t] = zero();
-  for (int s = 0; s < ns; ++s) {
-    v8 g[TJ];
-    for (int t = 0; t < TJ; ++t) g[t] = ld(c.hs + s * c.H + j + 8 * t);
-    for (int b = 0; b < TM; ++b) {
-      v8 xb = bc(c.x[(size_t)(m + b) * c.B + s0 + s]);
-      for (int t = 0; t < TJ; ++t) acc[b][t] = fma(xb, g[t], acc[b][t]);
-    }
-  }
-  for (int b = 0; b < TM; ++b)
-    for (int t = 0; t < TJ; ++t) {
-      float* p = c.gw1t + (m + b) * c.H + j + 8 * t;
-      st(p, _mm256_add_ps(ld(p), acc[b][t]));
-    }
+  set_zero(acc);
+  rows_times_panel(acc, c.x + (size_t)m * c.B + s0, c.B, 1, c.hs + j, c.H, ns);
+  add_into(c.gw1t + m * c.H + j, c.H, acc);
 }
 
 // res[m][s] = scale · (sum_n atoms[m][n] z[n][s] − x[m][s]); squares into the lane sums
@@ -213,21 +201,9 @@ inline void gz_tile(const Ctx& c, int n, int v) {
 template <int TM, int TJ>
 inline void ga_tile(const Ctx& c, int ns, int m, int n) {
   v8 acc[TM][TJ];
-  for (int b = 0; b < TM; ++b)
-    for (int t = 0; t < TJ; ++t) acc[b][t] = zero();
-  for (int s = 0; s < ns; ++s) {
-    v8 z[TJ];
-    for (int t = 0; t < TJ; ++t) z[t] = ld(c.zt + s * c.NP + n + 8 * t);
-    for (int b = 0; b < TM; ++b) {
-      v8 r = bc(c.res[(m + b) * SC + s]);
-      for (int t = 0; t < TJ; ++t) acc[b][t] = fma(r, z[t], acc[b][t]);
-    }
-  }
-  for (int b = 0; b < TM; ++b)
-    for (int t = 0; t < TJ; ++t) {
-      float* p = c.ga + (m + b) * c.NP + n + 8 * t;
-      st(p, _mm256_add_ps(ld(p), acc[b][t]));
-    }
+  set_zero(acc);
+  rows_times_panel(acc, c.res + m * SC, SC, 1, c.zt + n, c.NP, ns);
+  add_into(c.ga + m * c.NP + n, c.NP, acc);
 }
 
 // Calls f.operator()<TA, TJ>(a, j) over an na × nj grid (j in units of 8 floats) in TA × TJ
