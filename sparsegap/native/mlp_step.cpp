@@ -74,6 +74,17 @@ inline void add_into(float* out, long ldo, const v8 (&acc)[TA][TJ]) {
     for (int t = 0; t < TJ; ++t) st(out + i * ldo + 8 * t, _mm256_add_ps(ld(out + i * ldo + 8 * t), acc[i][t]));
 }
 
+// out[i][j ..] += sum_s A[i][s] · B[s][j ..] over the chunk's ns samples (A's rows ai apart,
+// B's ldb): the weight gradients' running sums (W2, W1 and the atoms)
+template <int TA, int TJ>
+inline void add_product(float* out, long ldo, const float* a, long ai, const float* b, long ldb,
+                        int ns) {
+  v8 acc[TA][TJ];
+  set_zero(acc);
+  rows_times_panel(acc, a, ai, 1, b, ldb, ns);
+  add_into(out, ldo, acc);
+}
+
 // h[s][j] = relu(b1[j] + sum_m x[m][s] w1t[m][j])
 template <int TS, int TJ>
 inline void l1_tile(const Ctx& c, int s0, int s, int j) {
@@ -110,15 +121,6 @@ inline void l2_tile(const Ctx& c, int n, int s) {
     }
 }
 
-// gw2[n][j] += sum_s gz[n][s] h[s][j]
-template <int TN, int TJ>
-inline void dw2_tile(const Ctx& c, int ns, int n, int j) {
-  v8 acc[TN][TJ];
-  set_zero(acc);
-  rows_times_panel(acc, c.gz + n * SC, SC, 1, c.hs + j, c.H, ns);
-  add_into(c.gw2 + n * c.H + j, c.H, acc);
-}
-
 // gh[s][j] = (h[s][j] > 0) * sum_n gz[n][s] w2[n][j], written over h; b1's gradient
 template <int TS, int TJ>
 inline void dh_tile(const Ctx& c, int s, int j) {
@@ -136,15 +138,6 @@ inline void dh_tile(const Ctx& c, int s, int j) {
     }
   if (c.b1)
     for (int t = 0; t < TJ; ++t) st(c.gb1 + j + 8 * t, _mm256_add_ps(ld(c.gb1 + j + 8 * t), gb[t]));
-}
-
-// gw1t[m][j] += sum_s x[m][s] gh[s][j]
-template <int TM, int TJ>
-inline void dw1_tile(const Ctx& c, int s0, int ns, int m, int j) {
-  v8 acc[TM][TJ];
-  set_zero(acc);
-  rows_times_panel(acc, c.x + (size_t)m * c.B + s0, c.B, 1, c.hs + j, c.H, ns);
-  add_into(c.gw1t + m * c.H + j, c.H, acc);
 }
 
 // res[m][s] = scale · (sum_n atoms[m][n] z[n][s] − x[m][s]); squares into the lane sums
@@ -197,15 +190,6 @@ inline void gz_tile(const Ctx& c, int n, int v) {
   }
 }
 
-// ga[m][n] += sum_s res[m][s] zt[s][n]   (the atoms' gradient)
-template <int TM, int TJ>
-inline void ga_tile(const Ctx& c, int ns, int m, int n) {
-  v8 acc[TM][TJ];
-  set_zero(acc);
-  rows_times_panel(acc, c.res + m * SC, SC, 1, c.zt + n, c.NP, ns);
-  add_into(c.ga + m * c.NP + n, c.NP, acc);
-}
-
 // Calls f.operator()<TA, TJ>(a, j) over an na × nj grid (j in units of 8 floats) in TA × TJ
 // tiles, then the edges in narrower tiles. Column by column (all a for one j-tile, then the
 // next): the operand indexed by j stays in L1 while the one indexed by a streams past.
@@ -245,13 +229,20 @@ void chunk(const Ctx& c, int s0, int ns) {
   }
   tiles<4, 2>(M, nv, [&]<int A, int J>(int m, int v) { res_tile<A, J>(c, s0, m, v); });
   tiles<4, 2>(N, nv, [&]<int A, int J>(int n, int v) { gz_tile<A, J>(c, n, v); });
-  if (c.ga) tiles<TILE>(M, c.NP / 8, [&]<int A, int J>(int m, int n) { ga_tile<A, J>(c, ns, m, 8 * n); });
-  // dW2
-  tiles<TILE>(N, HV, [&]<int A, int J>(int n, int j) { dw2_tile<A, J>(c, ns, n, 8 * j); });
-  // dH (over h)
+  if (c.ga)  // ga[m][n] += sum_s res[m][s] zt[s][n]
+    tiles<TILE>(M, c.NP / 8, [&]<int A, int J>(int m, int n) {
+      add_product<A, J>(c.ga + m * c.NP + 8 * n, c.NP, c.res + m * SC, SC, c.zt + 8 * n, c.NP, ns);
+    });
+  // gw2[n][j] += sum_s gz[n][s] h[s][j]
+  tiles<TILE>(N, HV, [&]<int A, int J>(int n, int j) {
+    add_product<A, J>(c.gw2 + n * H + 8 * j, H, c.gz + n * SC, SC, c.hs + 8 * j, H, ns);
+  });
+  // gh = dH (over h)
   tiles<TILE>(ns, HV, [&]<int A, int J>(int s, int j) { dh_tile<A, J>(c, s, 8 * j); });
-  // dW1
-  tiles<TILE>(M, HV, [&]<int A, int J>(int m, int j) { dw1_tile<A, J>(c, s0, ns, m, 8 * j); });
+  // gw1t[m][j] += sum_s x[m][s] gh[s][j]
+  tiles<TILE>(M, HV, [&]<int A, int J>(int m, int j) {
+    add_product<A, J>(c.gw1t + m * H + 8 * j, H, c.x + (size_t)m * c.B + s0, c.B, c.hs + 8 * j, H, ns);
+  });
 }
 }  // namespace
 
