@@ -178,3 +178,15 @@ def test_a_failed_compilation_reports_the_compiler_error(fresh_cache, monkeypatc
         library("broken")
     assert not [p for p in fresh_cache.iterdir() if p.name.startswith(".")]
     assert os.environ["SPARSEGAP_CACHE_DIR"] == str(fresh_cache)
+
+
+def test_an_unwritable_cache_is_reported_not_raised_as_a_crash(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SPARSEGAP_CACHE_DIR", str(blocker / "cache"))  # below a file: no mkdir
+    library.cache_clear()
+    try:
+        with pytest.raises(NativeUnavailable, match="cannot write the kernel cache"):
+            library("mlp_step")
+    finally:
+        library.cache_clear()

@@ -63,10 +63,8 @@ def library(name: str) -> ctypes.CDLL:
     _check_cpu()
     compiler = _compiler()
     source = SOURCES / f"{name}.cpp"
-    key = hashlib.sha256(source.read_bytes() + " ".join((compiler, *FLAGS)).encode()).hexdigest()[
-        :16
-    ]
-    target = cache_dir() / f"{name}-{key}.so"
+    digest = hashlib.sha256(source.read_bytes() + " ".join((compiler, *FLAGS)).encode())
+    target = cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
     if not target.exists():
         _compile(compiler, source, target)
     try:
@@ -76,9 +74,14 @@ def library(name: str) -> ctypes.CDLL:
 
 
 def _compile(compiler: str, source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as error:
+        raise NativeUnavailable(
+            f"cannot write the kernel cache {target.parent}: {error}"
+        ) from error
     try:
         result = subprocess.run(
             [compiler, *FLAGS, str(source), "-o", temporary],
