@@ -36,10 +36,9 @@ class NativeMLPStep:
 
     ``applies`` says whether the kernel can take a step (CPU, float32, a shared column batch
     whose sample count and hidden width are multiples of 8, at most ``MAX_LATENTS`` latents, a
-    compiler); ``__call__`` takes it,
-    writing the parameters' gradients into buffers kept from step to step. With ``required`` a
-    kernel that cannot be built raises; otherwise the encoder falls back to its torch step and
-    one line on stderr says why.
+    compiler); ``__call__`` takes it, writing the parameters' gradients into buffers kept from
+    step to step. With ``required`` a kernel that cannot be built raises; otherwise the encoder
+    falls back to its torch step and one line on stderr says why.
     """
 
     def __init__(self, required: bool = False) -> None:
