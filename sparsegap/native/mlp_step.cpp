@@ -256,7 +256,7 @@ extern "C" long mlp_step_scratch(int R, int M, int H, int N, int T) {
 
 extern "C" void mlp_step(int R, int M, int H, int N, int B, int T, const float* x, const float* w1,
                          const float* b1, const float* w2, const float* b2, const float* atoms,
-                         const float* l1c, float* codes, float* gw1, float* gb1, float* gw2,
+                         float l1_coeff, float* codes, float* gw1, float* gb1, float* gw2,
                          float* gb2, float* gatoms, float* mse, float* l1, float* scratch) {
   const int NP = (N + 7) / 8 * 8;
   const long chunk_sz = (long)SC * H + 2L * N * SC + (long)SC * NP + (long)M * SC;
@@ -281,7 +281,7 @@ extern "C" void mlp_step(int R, int M, int H, int N, int B, int T, const float* 
       c.M = M; c.H = H; c.N = N; c.NP = NP; c.B = B;
       c.x = x; c.w1t = w1t_all + (long)r * M * H; c.b1 = b1 ? b1 + (long)r * H : nullptr;
       c.w2 = w2 + (long)r * N * H; c.b2 = b2 ? b2 + (long)r * N : nullptr; c.atoms = atoms + (long)r * M * N;
-      c.l1c = l1c[r] / ((float)N * B); c.scale = 2.0f / ((float)M * B);
+      c.l1c = l1_coeff / ((float)N * B); c.scale = 2.0f / ((float)M * B);
       c.hs = base; c.z = base + SC * H; c.gz = c.z + N * SC; c.zt = c.gz + N * SC;
       c.res = c.zt + SC * NP;
       c.gw2 = acc; c.gw1t = acc + (long)N * H; c.gb1 = c.gw1t + (long)M * H; c.gb2 = c.gb1 + H;

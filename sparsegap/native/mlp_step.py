@@ -20,7 +20,7 @@ MAX_LATENTS = 64
 
 def _load() -> ctypes.CDLL:
     lib = library("mlp_step")
-    lib.mlp_step.argtypes = [_I] * 6 + [_P] * 16
+    lib.mlp_step.argtypes = [_I] * 6 + [_P] * 6 + [ctypes.c_float] + [_P] * 9
     lib.mlp_step.restype = None
     lib.mlp_step_scratch.argtypes = [_I] * 5
     lib.mlp_step_scratch.restype = ctypes.c_long
@@ -107,8 +107,6 @@ class NativeMLPStep:
         n, b = out.weight.shape[1], x.shape[1]
         threads = torch.get_num_threads()
         x, atoms = x.contiguous(), atoms.contiguous()
-        l1 = self._buffer("l1_coeff", (replicas,))
-        l1.fill_(float(l1_coeff))
         grads = {
             "w1": self._buffer("w1", (replicas, h, m)),
             "b1": self._buffer("b1", (replicas, h, 1)) if hidden.bias is not None else None,
@@ -124,7 +122,7 @@ class NativeMLPStep:
             x.data_ptr(),
             hidden.weight.data_ptr(), _pointer(hidden.bias),
             out.weight.data_ptr(), _pointer(out.bias),
-            atoms.data_ptr(), l1.data_ptr(),
+            atoms.data_ptr(), float(l1_coeff),
             codes.data_ptr(),
             grads["w1"].data_ptr(), _pointer(grads["b1"]),
             grads["w2"].data_ptr(), _pointer(grads["b2"]),
