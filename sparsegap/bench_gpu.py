@@ -7,8 +7,9 @@ Three measurements, each variant in its own try/except so one failure does not l
    - (CUDA only, first) the five bf16 GEMMs of a step alone (cuBLAS: the floor of any step), then
      ``FusedSAEStep``: the same step with its memory-bound passes folded into GEMM epilogues and
      Triton kernels (``sparsegap.fused``), with and without its train statistics, a CUDA graph,
-     the TMA kernel and the decoder's update on a second stream; ``--profile`` prints its
-     per-kernel times and the rows end with the masked-gradient GEMM's autotuning results;
+     the TMA kernel, the decoder's update on a second stream, the atoms stored in rows and the
+     one-pass Adam that renormalises them; ``--profile`` prints the per-kernel times of the
+     last, and the rows end with the masked-gradient GEMM's autotuning results;
    - the framework's own ``Step`` (the code `python -m sparsegap data=lm` runs: renormalise,
      forward, loss, backward, Adam, train statistics) in fp32, TF32, bf16 autocast and bf16
      autocast + torch.compile, and with ``encoder.fast_step`` (the SAE's hand-written backward:
@@ -220,8 +221,10 @@ class FusedSAEStep:
     token count at which each latent last fired) on the device. ``masked=False`` replaces the
     Triton GEMM by cuBLAS (L1 constant as a bias epilogue) + ``threshold_backward``, to show
     what the fused epilogue buys. ``atom_rows`` keeps the decoder as (L, d), one atom per row,
-    so that the code-gradient GEMM reads its right operand K-major. Arguments as
-    ``FastSAEStep``'s: weights (L, d) and (d, L), the batch x (d, B)."""
+    so that the code-gradient GEMM reads its right operand K-major. ``one_pass``: the decoder's
+    Adam renormalises the atoms and writes their bf16 copy itself (``fused.adam_atoms_``, as the
+    framework's ``SAETrainer``), instead of a separate scaling pass at the start of the next
+    step. Arguments as ``FastSAEStep``'s: weights (L, d) and (d, L), the batch x (d, B)."""
 
     def __init__(
         self,
@@ -236,8 +239,12 @@ class FusedSAEStep:
         tma: bool = False,
         overlap: bool = False,
         atom_rows: bool = False,
+        one_pass: bool = False,
     ) -> None:
         from sparsegap import fused
+
+        if one_pass and overlap:  # the side stream would rewrite the bf16 atoms in use
+            raise ValueError("one_pass and overlap cannot be combined")
 
         self.fused = fused
         self.W = encoder_weight.detach().float().contiguous().clone()  # (L, d)
@@ -255,6 +262,9 @@ class FusedSAEStep:
         self.W_low = self.W.to(compute)
         self.D_low = torch.empty_like(self.D, dtype=compute)
         self.sumsq = (self.D * self.D).sum(dim=self.axis)  # atoms' squared norms, kept by Adam
+        self.one_pass = one_pass
+        if one_pass:  # unit-norm atoms and their copy from the start; each Adam pass keeps them
+            fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
         latents = self.W.shape[0]
         self.bias = torch.zeros(latents, device=self.W.device, dtype=compute)
         self.constant = torch.full_like(self.bias, l1_coeff / (latents * self.x.shape[0]))
@@ -269,7 +279,8 @@ class FusedSAEStep:
         fused, x = self.fused, self.x
         batch = x.shape[0]
         latents = self.W.shape[0]
-        fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
+        if not self.one_pass:
+            fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
         atoms = self.D_low.T if self.axis else self.D_low  # (d, L), a view when in rows
         codes, residual, scale = fused.forward_residual(x, self.W_low, atoms, self.bias)
         self.step.add_(1)
@@ -281,8 +292,6 @@ class FusedSAEStep:
                 codes.record_stream(self.side)
             with torch.cuda.stream(self.side):
                 self._decoder_update(residual, codes)
-        else:
-            self._decoder_update(residual, codes)
         if self.track:
             self.fired.zero_()
             self.sums.zero_()
@@ -303,6 +312,8 @@ class FusedSAEStep:
         fused.adam_(self.W, grad_W, mW, vW, self.step, self.lr, low=self.W_low)
         if main is not None:
             main.wait_stream(self.side)
+        else:  # after the code gradient, which reads the bf16 atoms that one_pass rewrites
+            self._decoder_update(residual, codes)
         if self.track:  # the framework's train statistics, all on the device
             self.samples.add_(batch)
             mse = fused.residual_mse(residual, scale)
@@ -314,6 +325,11 @@ class FusedSAEStep:
     def _decoder_update(self, residual: torch.Tensor, codes: torch.Tensor) -> None:
         grad_D = codes.T @ residual if self.axis else residual.T @ codes  # D's layout
         mD, vD = self.moments[1]
+        if self.one_pass:
+            self.fused.adam_atoms_(
+                self.D, grad_D, mD, vD, self.step, self.lr, self.D_low, axis=self.axis
+            )
+            return
         self.sumsq.zero_()
         self.fused.adam_(
             self.D, grad_D, mD, vD, self.step, self.lr, sumsq=self.sumsq, axis=self.axis
@@ -321,7 +337,8 @@ class FusedSAEStep:
 
     def decoder(self) -> torch.Tensor:
         """The decoder (d, L) as the framework would hold it after renormalising."""
-        self.fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
+        if not self.one_pass:
+            self.fused.renormalise_(self.D, self.D_low, self.sumsq, self.axis)
         return self.D.T if self.axis else self.D
 
 
@@ -595,6 +612,16 @@ def main(argv: list[str] | None = None) -> int:
         variant(f"{sae}: fused step + train stats, CUDA graph", fused_step(graph=True), 5)
         variant(f"{sae}: fused step (TMA) + train stats, CUDA graph", fused_step(True, tma=True), 5)
         variant(
+            f"{sae}: fused (TMA, one-pass Adam) + stats, CUDA graph",
+            fused_step(True, tma=True, one_pass=True),
+            5,
+        )
+        variant(
+            f"{sae}: fused (TMA, atoms in rows, one-pass Adam) + stats, CUDA graph",
+            fused_step(True, tma=True, atom_rows=True, one_pass=True),
+            5,
+        )
+        variant(
             f"{sae}: fused (TMA) + stats, overlapped, CUDA graph",
             fused_step(True, tma=True, overlap=True),
             5,
@@ -634,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (no autotuning timings: {error!r})")
         if args.profile and time.perf_counter() - started < args.budget:
             try:
-                step, _ = fused_step(graph=False, tma=True, overlap=True)()
+                step, _ = fused_step(graph=False, tma=True, atom_rows=True, one_pass=True)()
                 print(profile_table(step, device))
             except Exception as error:
                 print(f"profile failed: {error!r}")
@@ -692,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
             diffs |= {f"{k} (TMA, overlapped)": v for k, v in overlapped.items()}
             rows_ = check_fused_step(SMALL, device, tma=True, atom_rows=True)
             diffs |= {f"{k} (TMA, atoms in rows)": v for k, v in rows_.items()}
+            one = check_fused_step(SMALL, device, tma=True, atom_rows=True, one_pass=True)
+            diffs |= {f"{k} (TMA, atoms in rows, one-pass Adam)": v for k, v in one.items()}
             error = check_masked_grad(shape, device)
             shown = ", ".join(f"{k} = {v:.2e}" for k, v in diffs.items())
             print(f"fused step vs framework, fp32, 5 steps: {shown}")

@@ -335,6 +335,79 @@ def renormalise_(atoms: Tensor, low: Tensor, sumsq: Tensor, axis: int = 0) -> No
     )
 
 
+@triton.jit
+def _adam_atoms_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, low_ptr, step_ptr,
+    dim, atoms, stride_d, stride_a, lr, beta1, beta2, eps,
+    BLOCK_D: tl.constexpr, BLOCK_A: tl.constexpr,
+):  # fmt: skip
+    # Each program owns BLOCK_A whole atoms (BLOCK_D ≥ dim): the updated atoms stay in
+    # registers until their norms are known, so the renormalisation costs no pass of its own.
+    d = tl.arange(0, BLOCK_D)
+    a = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
+    inside = (d[:, None] < dim) & (a[None, :] < atoms)
+    offsets = d[:, None] * stride_d + a[None, :] * stride_a
+    t = tl.load(step_ptr)
+    correction1 = 1.0 - tl.exp2(t * tl.log2(beta1))
+    correction2_sqrt = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
+    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
+    g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+    v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+    m = m + (1.0 - beta1) * (g - m)  # as _adam_kernel
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
+    tl.store(m_ptr + offsets, m, mask=inside)
+    tl.store(v_ptr + offsets, v, mask=inside)
+    norm = tl.maximum(tl.sqrt(tl.sum(p * p, axis=0)), 1e-12)  # as Decoder.renormalise_
+    p = p / norm[None, :]
+    tl.store(p_ptr + offsets, p, mask=inside)
+    tl.store(low_ptr + offsets, p.to(low_ptr.dtype.element_ty), mask=inside)
+
+
+# Elements one program of _adam_atoms_kernel holds per array; wider atoms take the two-kernel
+# path (adam_ with sumsq, then renormalise_) rather than spill registers.
+_ATOM_TILE = 8192
+
+
+def adam_atoms_(
+    atoms: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr: float,
+    low: Tensor,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    axis: int = 0,
+) -> None:
+    """``adam_`` for a decoder kept at unit-norm atoms: one Adam update of the contiguous fp32
+    ``atoms``, then each atom divided by its norm (as ``Decoder.renormalise_``), and the result's
+    copy written to ``low`` — in one kernel and one pass over memory where an atom fits a
+    program's registers (dimension ≤ 1,024 in columns, ≤ 8,192 in rows), else with ``adam_``
+    and ``renormalise_``. Atoms are the columns of a (d, L) matrix (``axis=0``) or the rows of
+    an (L, d) one (``axis=1``)."""
+    rows, cols = atoms.shape
+    for t in (grad, exp_avg, exp_avg_sq, low):
+        if t.shape != atoms.shape or not t.is_contiguous() or not atoms.is_contiguous():
+            raise ValueError(f"adam_atoms_: {tuple(t.shape)} is not a contiguous {(rows, cols)}")
+    dim, count = (rows, cols) if axis == 0 else (cols, rows)
+    block_d = triton.next_power_of_2(dim)
+    # Atoms in columns: 8 neighbours give 32-byte row segments (one memory sector each).
+    block_a = 8 if axis == 0 else max(1, _ATOM_TILE // block_d)
+    if block_d * block_a > _ATOM_TILE:
+        sumsq = torch.zeros(count, device=atoms.device)
+        adam_(atoms, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, sumsq=sumsq, axis=axis)
+        renormalise_(atoms, low, sumsq, axis)
+        return
+    strides = (cols, 1) if axis == 0 else (1, cols)
+    _adam_atoms_kernel[(triton.cdiv(count, block_a),)](
+        atoms, grad, exp_avg, exp_avg_sq, low, step, dim, count, *strides,
+        lr, betas[0], betas[1], eps, BLOCK_D=block_d, BLOCK_A=block_a, num_warps=8,
+    )  # fmt: skip
+
+
 def forward_residual(
     x: Tensor, encoder_low: Tensor, atoms_low: Tensor, zero_bias: Tensor
 ) -> tuple[Tensor, Tensor, float]:
@@ -364,26 +437,45 @@ def tma_ok(device: torch.device, *row_bytes: int) -> bool:
 class SAETrainer:
     """``train.Step``'s hand-written SAE step (``encoder.fast_step``) as fused kernels, for a
     ReLU SAE without encoder bias on a GPU with ``device.autocast=bf16``: bf16 GEMMs on copies of
-    the fp32 weights, the code gradient and the train statistics from ``masked_grad``, and this
-    module's Adam on the framework optimiser's own moments and step counts (so checkpoints and
-    resumption are unchanged). The caller renormalises the decoder first, as for every step.
+    the fp32 weights that this module's Adam rewrites as it updates them, the code gradient and
+    the train statistics from ``masked_grad``, and the Adam update on the framework optimiser's
+    own moments and step counts (so checkpoints and resumption are unchanged).
 
-    It takes the same steps as the framework's autograd step (tests/test_fused.py checks it in
-    fp32 through Triton's interpreter); ``low`` is the GEMMs' dtype."""
+    It keeps a normalised decoder's atoms at unit norm itself (``adam_atoms_``: renormalised in
+    the Adam pass, so the caller must not renormalise before each step). When the weights change
+    outside it (a checkpoint loaded, an evaluation's ``renormalise_``: torch counts in-place
+    writes in ``Tensor._version``, its kernels' writes are not counted), the next step first
+    renormalises and refreshes the copies. It takes the same steps as the framework's autograd
+    step (tests/test_fused.py checks it in fp32 through Triton's interpreter); ``low`` is the
+    GEMMs' dtype."""
 
-    def __init__(
-        self, weight: Tensor, atoms: Tensor, atoms_learned: bool, optimiser, low: torch.dtype
-    ) -> None:
-        self.weight, self.atoms, self.learned, self.low = weight, atoms, atoms_learned, low
-        self.optimiser = optimiser
+    def __init__(self, weight: Tensor, decoder, optimiser, low: torch.dtype) -> None:
+        # decoder: sparsegap.decoder.Decoder (weight (R, d, L), learned, normalise, renormalise_)
+        self.weight, self.decoder, self.low, self.optimiser = weight, decoder, low, optimiser
+        self.atoms = decoder.weight
+        self.learned = decoder.learned
+        self.normalised = decoder.learned and decoder.normalise
         index = {id(p): i for i, p in enumerate(optimiser.params)}
-        self.slots = [index[id(weight)]] + ([index[id(atoms)]] if atoms_learned else [])
+        self.slots = [index[id(weight)]] + ([index[id(self.atoms)]] if self.learned else [])
         replicas, latents, _ = weight.shape
+        self.weight_low = torch.empty_like(weight, dtype=low)
+        self.atoms_low = torch.empty_like(self.atoms, dtype=low)
+        self.seen: tuple[int, int] | None = None  # the weights' versions the copies match
         self.zero_bias = torch.zeros(latents, device=weight.device, dtype=low)
         self.fired = torch.zeros(replicas, latents, device=weight.device, dtype=torch.int32)
         self.sums = torch.zeros(replicas, latents, device=weight.device)
         size = torch.finfo(low).bits // 8
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
+
+    def _refresh(self) -> None:
+        """Renormalise and copy the weights where they changed since this trainer last wrote."""
+        versions = (self.weight._version, self.atoms._version)
+        if versions == self.seen:
+            return
+        self.decoder.renormalise_()
+        self.weight_low.copy_(self.weight)
+        self.atoms_low.copy_(self.atoms)
+        self.seen = (self.weight._version, self.atoms._version)
 
     @torch.no_grad()
     def __call__(
@@ -391,6 +483,7 @@ class SAETrainer:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         """One Adam step of every replica on the batch ``x`` (d, B). With ``track``, returns per
         replica (mse, mean code, mean L0) and which latents fired (R, L)."""
+        self._refresh()
         opt = self.optimiser
         opt.t += 1
         torch._foreach_add_(opt.steps, 1)
@@ -404,18 +497,20 @@ class SAETrainer:
             self.fired.zero_()
             self.sums.zero_()
         for r in range(replicas):
-            encoder, atoms = self.weight[r], self.atoms[r]
-            encoder_low, atoms_low = encoder.to(self.low), atoms.to(self.low)
+            encoder_low, atoms_low = self.weight_low[r], self.atoms_low[r]
             codes, residual, scale = forward_residual(xt, encoder_low, atoms_low, self.zero_bias)
             stats = (self.fired[r], self.sums[r]) if track else None
             grad_pre = masked_grad(residual, atoms_low, codes, constant, stats=stats, tma=self.tma)
+            # The atoms' update last: it rewrites atoms_low, which the code gradient reads.
             i = self.slots[0]
-            adam_(encoder, grad_pre.T @ xt, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
-                  opt.steps[i], opt.lr, betas, eps)  # fmt: skip
+            adam_(self.weight[r], grad_pre.T @ xt, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
+                  opt.steps[i], opt.lr, betas, eps, low=encoder_low)  # fmt: skip
             if self.learned:
                 i = self.slots[1]
-                adam_(atoms, residual.T @ codes, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
-                      opt.steps[i], opt.lr, betas, eps)  # fmt: skip
+                update = adam_atoms_ if self.normalised else adam_
+                update(self.atoms[r], residual.T @ codes, opt.exp_avg[i][r],
+                       opt.exp_avg_sq[i][r], opt.steps[i], opt.lr, betas=betas, eps=eps,
+                       low=atoms_low)  # fmt: skip
             if track:
                 mse[r] = residual_mse(residual, scale)
         if not track:

@@ -342,7 +342,8 @@ class Step:
             x, true_codes = x
         if not model.trains:
             return
-        if model.decoder is not None:
+        # The fused trainer keeps the atoms at unit norm itself, in its Adam pass.
+        if model.decoder is not None and self.fused is None:
             model.decoder.renormalise_()
         self.samples += x.shape[1]
         if model.encoder.train_step(x, model.decoder):  # the encoder did the whole step itself
@@ -460,7 +461,7 @@ def _fused_trainer(model: Model, optimiser: Adam) -> Any:
     except ImportError:  # a torch build without Triton
         return None
     weight = encoder.linear.weight
-    return fused.SAETrainer(weight, decoder.weight, decoder.learned, optimiser, torch.bfloat16)
+    return fused.SAETrainer(weight, decoder, optimiser, torch.bfloat16)
 
 
 def make_step(model: Model, batches: Iterator[Tensor] | None = None) -> Step:

@@ -73,25 +73,59 @@ def adam_errors() -> dict[str, float]:
     fused.renormalise_(rows, torch.empty(300, 40, dtype=torch.bfloat16), row_sumsq, axis=1)
     target = reference.detach() / reference.detach().norm(dim=1, keepdim=True)
     errors["adam+renormalise rows"] = (rows - target).abs().max().item()
+    return errors | adam_atoms_errors()
+
+
+def adam_atoms_errors() -> dict[str, float]:
+    """``adam_atoms_`` (Adam and the renormalisation in one pass) against torch's Adam followed
+    by the framework's renormalisation, 3 steps: atoms in columns and in rows, and atoms too wide
+    for one program (its two-kernel path)."""
+    gen = torch.Generator().manual_seed(2)
+    errors = {}
+    for name, shape, axis in (
+        ("columns", (40, 300), 0),
+        ("rows", (300, 40), 1),
+        ("wide columns", (1100, 20), 0),
+    ):
+        atoms = torch.randn(*shape, generator=gen)
+        reference = atoms.clone().requires_grad_()
+        optimiser = torch.optim.Adam([reference], lr=1e-2)
+        moments = torch.zeros_like(atoms), torch.zeros_like(atoms)
+        low = torch.empty_like(atoms, dtype=torch.bfloat16)
+        step = torch.zeros(())
+        for i in range(3):
+            grad = torch.randn(*shape, generator=gen) * (i + 1)
+            step += 1
+            fused.adam_atoms_(atoms, grad, *moments, step, 1e-2, low, axis=axis)
+            reference.grad = grad
+            optimiser.step()
+            with torch.no_grad():
+                reference.div_(reference.norm(dim=axis, keepdim=True).clamp_min(1e-12))
+        errors[f"adam_atoms {name}"] = (atoms - reference.detach()).abs().max().item()
+        errors[f"adam_atoms {name} bf16 copy"] = (low.float() - atoms).abs().max().item()
     return errors
 
 
 def step_errors() -> dict[str, float]:
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
     errors = {}
-    for tma in (False, True):
-        for rows in (False, True):
-            check = bench_gpu.check_fused_step(shape, torch.device("cpu"), tma=tma, atom_rows=rows)
-            for name, value in check.items():
-                errors[f"step {'tma' if tma else 'pointer'}{' rows' if rows else ''} {name}"] = (
-                    value
-                )
+    # pointer and TMA kernels × atoms in columns or rows; two with the one-pass Adam.
+    options = [(tma, rows, False) for tma in (False, True) for rows in (False, True)]
+    for tma, rows, one_pass in [*options, (False, False, True), (True, True, True)]:
+        check = bench_gpu.check_fused_step(
+            shape, torch.device("cpu"), tma=tma, atom_rows=rows, one_pass=one_pass
+        )
+        label = f"{'tma' if tma else 'pointer'}{' rows' if rows else ''}"
+        label += " one-pass" if one_pass else ""
+        for name, value in check.items():
+            errors[f"step {label} {name}"] = value
     return errors
 
 
-def trainer_errors() -> dict[str, float]:
+def trainer_errors(normalise: bool) -> dict[str, float]:
     """The framework's Step with ``fused.SAETrainer`` attached (as on a GPU in bf16, here in
-    fp32) against the plain Step: 2 replicas, lr and L1 warm-ups, train statistics."""
+    fp32) against the plain Step: 2 replicas, lr and L1 warm-ups, train statistics, and the
+    weights changed from outside between steps 3 and 4 (as a checkpoint load would)."""
     from sparsegap.train import Step, build
 
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
@@ -100,32 +134,37 @@ def trainer_errors() -> dict[str, float]:
     for attach in (False, True):
         cfg = bench_gpu.framework_config(shape, "sae", "cpu", lr=1e-3, l1_coeff=1e-2)
         cfg.replicas, cfg.lr_warmup_steps, cfg.l1_warmup_steps = 2, 3, 2
+        cfg.encoder.normalise_decoder = normalise
         model = build(cfg, cpu)
         x = torch.randn(shape["batch"], shape["dim"], generator=torch.Generator().manual_seed(0))
         step = Step(model, iter([x.T] * 6), track=True)
         if attach:
             assert step.fast is False  # fast_step is off in this config: attach by hand
             step.fused = fused.SAETrainer(
-                model.encoder.linear.weight, model.decoder.weight, True, step.optimiser,
-                torch.float32,
-            )  # fmt: skip
-        for _ in range(6):
+                model.encoder.linear.weight, model.decoder, step.optimiser, torch.float32
+            )
+        for i in range(6):
+            if i == 3:
+                with torch.no_grad():
+                    model.encoder.linear.weight.mul_(0.9)
+                    model.decoder.weight.mul_(1.5)
             step()
         model.decoder.renormalise_()
         steps.append((model, step, step.pop_means()))
     (plain, plain_step, plain_means), (fast, fast_step, fast_means) = steps
+    name = "trainer" if normalise else "trainer unnormalised"
     errors = {
-        "trainer decoder": (plain.decoder.weight - fast.decoder.weight).abs().max().item(),
-        "trainer encoder": (plain.encoder.linear.weight - fast.encoder.linear.weight)
+        f"{name} decoder": (plain.decoder.weight - fast.decoder.weight).abs().max().item(),
+        f"{name} encoder": (plain.encoder.linear.weight - fast.encoder.linear.weight)
         .abs()
         .max()
         .item(),
-        "trainer last_fired": float((plain_step.last_fired != fast_step.last_fired).sum()),
-        "trainer adam t": float(plain_step.optimiser.t - fast_step.optimiser.t),
+        f"{name} last_fired": float((plain_step.last_fired != fast_step.last_fired).sum()),
+        f"{name} adam t": float(plain_step.optimiser.t - fast_step.optimiser.t),
     }
-    for name, values in plain_means.items():
-        theirs = fast_means[name]
-        errors[f"trainer {name}"] = max(
+    for term, values in plain_means.items():
+        theirs = fast_means[term]
+        errors[f"{name} {term}"] = max(
             abs(a - b) / max(abs(a), 1e-12) for a, b in zip(values, theirs, strict=True)
         )
     return errors
@@ -133,5 +172,5 @@ def trainer_errors() -> dict[str, float]:
 
 if __name__ == "__main__":
     result = masked_grad_errors(False) | masked_grad_errors(True) | adam_errors() | step_errors()
-    result |= trainer_errors()
+    result |= trainer_errors(True) | trainer_errors(False)
     print(json.dumps(result))

@@ -50,18 +50,30 @@ def test_adam_kernel_is_torch_adam_and_keeps_the_atom_norms(interpreted):
     assert 0 < interpreted["bf16 copy"] < 1e-2  # a real bf16 rounding, of the renormalised atoms
 
 
+def test_adam_with_the_renormalisation_in_one_pass(interpreted):
+    for layout in ("columns", "rows", "wide columns"):  # the last: the two-kernel path
+        assert interpreted[f"adam_atoms {layout}"] < 1e-6, layout
+        assert 0 < interpreted[f"adam_atoms {layout} bf16 copy"] < 1e-2, layout
+
+
 def test_fused_step_takes_the_framework_steps(interpreted):
     steps = {k: v for k, v in interpreted.items() if k.startswith("step ")}
-    assert len(steps) == 12  # pointer and TMA kernels × atoms in columns or rows
+    # pointer and TMA kernels × atoms in columns or rows, and two with the one-pass Adam
+    assert len(steps) == 18
     assert max(steps.values()) < 1e-5, steps
 
 
-def test_framework_step_with_the_fused_trainer_equals_the_plain_step(interpreted):
-    # 2 replicas, lr and L1 warm-ups, 6 steps: weights, Adam's count, tracked means, dead latents.
-    trainer = {k: v for k, v in interpreted.items() if k.startswith("trainer ")}
-    assert {"trainer decoder", "trainer l0/train", "trainer loss/mse/train"} <= trainer.keys()
+@pytest.mark.parametrize("name", ["trainer", "trainer unnormalised"])
+def test_framework_step_with_the_fused_trainer_equals_the_plain_step(interpreted, name):
+    # 2 replicas, lr and L1 warm-ups, 6 steps, the weights changed from outside after 3 (the
+    # trainer must renormalise and refresh its copies): weights, Adam's count, tracked means,
+    # dead latents; with the decoder kept at unit norm (in the Adam pass) and without.
+    trainer = {k[len(name) + 1 :]: v for k, v in interpreted.items() if k.startswith(name + " ")}
+    if name == "trainer":
+        trainer = {k: v for k, v in trainer.items() if not k.startswith("unnormalised")}
+    assert {"decoder", "encoder", "l0/train", "loss/mse/train"} <= trainer.keys()
     assert max(trainer.values()) < 1e-5, trainer
-    assert trainer["trainer last_fired"] == 0 and trainer["trainer adam t"] == 0
+    assert trainer["last_fired"] == 0 and trainer["adam t"] == 0
 
 
 def test_the_fused_trainer_is_for_gpus_only():
