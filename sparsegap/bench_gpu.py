@@ -221,7 +221,8 @@ class FusedSAEStep:
     token count at which each latent last fired) on the device. ``masked=False`` replaces the
     Triton GEMM by cuBLAS (L1 constant as a bias epilogue) + ``threshold_backward``, to show
     what the fused epilogue buys. ``atom_rows`` keeps the decoder as (L, d), one atom per row,
-    so that the code-gradient GEMM reads its right operand K-major. ``one_pass``: the decoder's
+    so that the code-gradient GEMM reads its right operand K-major; ``persistent`` (with ``tma``)
+    runs that GEMM as one program per SM walking the tiles. ``one_pass``: the decoder's
     Adam renormalises the atoms and writes their bf16 copy itself (``fused.adam_atoms_``, as the
     framework's ``SAETrainer``), instead of a separate scaling pass at the start of the next
     step. Arguments as ``FastSAEStep``'s: weights (L, d) and (d, L), the batch x (d, B)."""
@@ -240,6 +241,7 @@ class FusedSAEStep:
         overlap: bool = False,
         atom_rows: bool = False,
         one_pass: bool = False,
+        persistent: bool = False,
     ) -> None:
         from sparsegap import fused
 
@@ -254,7 +256,7 @@ class FusedSAEStep:
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (self.W, self.D)]
         self.step = torch.zeros((), device=self.W.device)
         self.lr, self.l1_coeff, self.track, self.masked = lr, l1_coeff, track, masked
-        self.tma = tma
+        self.tma, self.persistent = tma, persistent
         # overlap: the decoder's gradient GEMM and its (memory-bound) Adam on a second CUDA
         # stream, beside the code-gradient and encoder-gradient GEMMs.
         self.side = torch.cuda.Stream() if overlap else None
@@ -299,8 +301,9 @@ class FusedSAEStep:
             stats = (self.fired, self.sums) if self.track else None
             constant = self.l1_coeff / (latents * batch)
             grad_pre = fused.masked_grad(
-                residual, atoms, codes, constant, stats=stats, tma=self.tma
-            )
+                residual, atoms, codes, constant, stats=stats, tma=self.tma,
+                persistent=self.persistent,
+            )  # fmt: skip
         else:
             grad_pre = torch.addmm(self.constant, residual, atoms)
             grad_pre = torch.ops.aten.threshold_backward(grad_pre, codes, 0)
@@ -549,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, "skipped", "", "time budget spent"))
             return
         t0 = time.perf_counter()
+        current[0] = label
         try:
             step, tokens = make()
             rate, ms = measure(step, device, tokens, warm, seconds)
@@ -570,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.backends.cuda.matmul.allow_tf32 = options.get("tf32", False)
             step, _ = framework_step(shape, encoder, device, **options)
+            if options.get("persistent"):  # the fused trainer's code gradient, persistent kernel
+                step.fused.persistent = True
             return step, shape["batch"]
 
         return make
@@ -593,8 +599,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return make
 
+    fused_options: dict[str, dict[str, Any]] = {}  # label → FusedSAEStep options (--profile)
+    current = [""]  # the label of the variant being set up
+
     def fused_step(graph: bool, **options: Any) -> Callable[[], tuple[Callable[[], Any], int]]:
-        return prototype(FusedSAEStep, graph, **options)
+        def make() -> tuple[Callable[[], Any], int]:
+            fused_options[current[0]] = options
+            return prototype(FusedSAEStep, graph, **options)()
+
+        return make
 
     def gemms() -> tuple[Callable[[], Any], int]:
         return FiveGEMMs(shape, device), shape["batch"]
@@ -619,6 +632,16 @@ def main(argv: list[str] | None = None) -> int:
         variant(
             f"{sae}: fused (TMA, atoms in rows, one-pass Adam) + stats, CUDA graph",
             fused_step(True, tma=True, atom_rows=True, one_pass=True),
+            5,
+        )
+        variant(
+            f"{sae}: fused (persistent TMA, one-pass Adam) + stats, CUDA graph",
+            fused_step(True, tma=True, persistent=True, one_pass=True),
+            5,
+        )
+        variant(
+            f"{sae}: fused (persistent TMA, atoms in rows, one-pass) + stats, CUDA graph",
+            fused_step(True, tma=True, persistent=True, atom_rows=True, one_pass=True),
             5,
         )
         variant(
@@ -660,8 +683,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:
             print(f"  (no autotuning timings: {error!r})")
         if args.profile and time.perf_counter() - started < args.budget:
-            try:
-                step, _ = fused_step(graph=False, tma=True, atom_rows=True, one_pass=True)()
+            try:  # the fastest fused variant with train statistics, without its CUDA graph
+                measured = [r for r in rows if r[0] in fused_options and "no stats" not in r[0]]
+                measured = [r for r in measured if r[2].strip()]
+                best = min(measured, key=lambda r: float(r[2]))[0] if measured else None
+                options = fused_options.get(best, {"tma": True})
+                print(f"\nper-kernel times of {best or 'the TMA fused step'} (no CUDA graph):")
+                step, _ = fused_step(False, **options)()
                 print(profile_table(step, device))
             except Exception as error:
                 print(f"profile failed: {error!r}")
@@ -677,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
         fw("sae", autocast="bf16", fast_step=True),
         3,
     )
+    if cuda:
+        variant(
+            f"{sae}: framework encoder.fast_step, bf16 (fused, persistent)",
+            fw("sae", autocast="bf16", fast_step=True, persistent=True),
+            3,
+        )
     if cuda:
         variant(
             f"{sae}: framework encoder.fast_step, TF32", fw("sae", tf32=True, fast_step=True), 3
@@ -721,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             diffs |= {f"{k} (TMA, atoms in rows)": v for k, v in rows_.items()}
             one = check_fused_step(SMALL, device, tma=True, atom_rows=True, one_pass=True)
             diffs |= {f"{k} (TMA, atoms in rows, one-pass Adam)": v for k, v in one.items()}
+            walk = check_fused_step(SMALL, device, tma=True, persistent=True, one_pass=True)
+            diffs |= {f"{k} (persistent TMA, one-pass Adam)": v for k, v in walk.items()}
             error = check_masked_grad(shape, device)
             shown = ", ".join(f"{k} = {v:.2e}" for k, v in diffs.items())
             print(f"fused step vs framework, fp32, 5 steps: {shown}")

@@ -47,13 +47,14 @@ _TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps), Hopper-sized
 ]
 
 
-def _configs(tma: bool) -> list[triton.Config]:
+def _configs(tma: bool, persistent: bool = False) -> list[triton.Config]:
     # The interpreter (CPU) cannot autotune; small tiles there exercise the multi-tile paths.
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     tiles = [(32, 32, 16, 1, 4)] if interpreted else _TILES
     # EARLY: load the codes tile before the main loop (its latency hidden behind the GEMM, at
-    # the cost of registers held through it) or after it; which wins depends on the tile.
-    early = [False] if interpreted else [True, False]
+    # the cost of registers held through it) or after it; which wins depends on the tile. The
+    # persistent kernel loads it after (the next tile's loads overlap it instead).
+    early = [False] if interpreted or persistent else [True, False]
     return [
         triton.Config(
             {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EARLY": e},
@@ -77,9 +78,8 @@ def _set_blocks(args: dict) -> None:
 
 
 @triton.jit
-def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped tile order: GROUP_M row blocks share each column block of b while it is in L2.
-    pid = tl.program_id(0)
     blocks_m = tl.cdiv(M, BLOCK_M)
     blocks_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * blocks_n
@@ -118,7 +118,7 @@ def _masked_grad_kernel(
     STATS: tl.constexpr, PRECISION: tl.constexpr, EVEN: tl.constexpr, EARLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    off_m, off_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m, off_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = off_m + tl.arange(0, BLOCK_M)
     rn = off_n + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -164,7 +164,7 @@ def _masked_grad_tma_kernel(
 ):  # fmt: skip
     # The same kernel with the tiles moved by the TMA engine (Hopper's bulk tensor copies):
     # no address arithmetic in the loop, bounds handled by the descriptors (zero padding).
-    off_m, off_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m, off_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     if EARLY:
         codes = codes_desc.load([off_m, off_n])
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -180,6 +180,49 @@ def _masked_grad_tma_kernel(
         _epilogue_stats(codes, active, off_n + tl.arange(0, BLOCK_N), N, fired_ptr, sums_ptr)
 
 
+@triton.autotune(
+    configs=_configs(tma=True, persistent=True),
+    key=["M", "N", "K", "PRECISION", "B_KMAJOR"],
+    restore_value=["fired_ptr", "sums_ptr"],
+)
+@triton.jit
+def _masked_grad_persistent_kernel(
+    a_desc, b_desc, codes_desc, out_desc, fired_ptr, sums_ptr,
+    M, N, K, constant,
+    STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr, B_KMAJOR: tl.constexpr,
+    PROGRAMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # The TMA kernel as one program per SM walking the tiles: with K only 768 deep, each
+    # tile's epilogue (codes in, gradient out, statistics) is long beside its main loop, and a
+    # flattened loop lets the compiler issue the next tile's loads during it — a program per
+    # tile, holding the SM's shared memory alone, leaves the epilogue exposed.
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    tile_out = tl.program_id(0) - PROGRAMS  # the epilogue's own counter, as Triton's tutorial
+    for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
+        off_m, off_n = _tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = a_desc.load([off_m, k])
+            b = b_desc.load([off_n, k]).T if B_KMAJOR else b_desc.load([k, off_n])
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        tile_out += PROGRAMS
+        out_m, out_n = _tile(tile_out, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        codes = codes_desc.load([out_m, out_n])
+        active = codes > 0
+        out_desc.store([out_m, out_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
+        if STATS:
+            _epilogue_stats(codes, active, out_n + tl.arange(0, BLOCK_N), N, fired_ptr, sums_ptr)
+
+
+def _programs(device: torch.device) -> int:
+    """Programs of the persistent kernel: one per SM (4 on the CPU interpreter, so that each
+    walks several tiles)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def masked_grad(
     residual: Tensor,
     atoms: Tensor,
@@ -188,6 +231,7 @@ def masked_grad(
     out: Tensor | None = None,
     stats: tuple[Tensor, Tensor] | None = None,
     tma: bool = False,
+    persistent: bool = False,
 ) -> Tensor:
     """``where(codes > 0, residual @ atoms + constant, 0)`` in ``codes``' dtype, in one kernel.
 
@@ -195,7 +239,8 @@ def masked_grad(
     whose K-major tiles the tensor cores may read faster — ``codes`` (B, L). With ``stats =
     (fired, sums)`` (int32 and fp32 tensors of L), adds to them the number of tokens each latent
     fired on and the sum of its codes over the batch. ``tma``: move tiles with the TMA engine
-    (Hopper and later; contiguous rows with 16-byte aligned strides)."""
+    (Hopper and later; contiguous rows with 16-byte aligned strides); ``persistent`` (with
+    ``tma``): one program per SM walking the tiles, so that epilogues overlap the next loads."""
     batch, dim = residual.shape
     latents = atoms.shape[1]
     if atoms.shape[0] != dim or codes.shape != (batch, latents):
@@ -216,8 +261,20 @@ def masked_grad(
         k_major = atoms.stride(0) == 1 and atoms.stride(1) != 1
         right = atoms.T if k_major else atoms
         descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (residual, right, codes, out)]
+        if persistent:
+            programs = _programs(residual.device)
+
+            def walkers(meta: dict[str, int]) -> tuple[int]:
+                return (min(programs, grid(meta)[0]),)
+
+            _masked_grad_persistent_kernel[walkers](
+                *descs, fired, sums, *sizes, B_KMAJOR=k_major, PROGRAMS=programs, **flags
+            )
+            return out
         _masked_grad_tma_kernel[grid](*descs, fired, sums, *sizes, B_KMAJOR=k_major, **flags)
         return out
+    if persistent:
+        raise ValueError("masked_grad: persistent needs tma")
     _masked_grad_kernel[grid](
         residual, atoms, codes, out, fired, sums, *sizes,
         *residual.stride(), *atoms.stride(), *codes.stride(), *out.stride(), **flags,
@@ -228,7 +285,12 @@ def masked_grad(
 def autotune_timings() -> dict[str, dict[str, float]]:
     """The masked-gradient kernels' autotuning results so far: config → ms (for the bench)."""
     result = {}
-    for name, kernel in (("pointer", _masked_grad_kernel), ("tma", _masked_grad_tma_kernel)):
+    kernels = (
+        ("pointer", _masked_grad_kernel),
+        ("tma", _masked_grad_tma_kernel),
+        ("persistent", _masked_grad_persistent_kernel),
+    )
+    for name, kernel in kernels:
         timings = getattr(kernel, "configs_timings", None) or {}
         result[name] = {
             str(c): float(t[0] if isinstance(t, list) else t) for c, t in timings.items()
@@ -466,6 +528,7 @@ class SAETrainer:
         self.sums = torch.zeros(replicas, latents, device=weight.device)
         size = torch.finfo(low).bits // 8
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
+        self.persistent = False  # masked_grad's persistent kernel (with tma; make bench-gpu)
 
     def _refresh(self) -> None:
         """Renormalise and copy the weights where they changed since this trainer last wrote."""
@@ -500,7 +563,10 @@ class SAETrainer:
             encoder_low, atoms_low = self.weight_low[r], self.atoms_low[r]
             codes, residual, scale = forward_residual(xt, encoder_low, atoms_low, self.zero_bias)
             stats = (self.fired[r], self.sums[r]) if track else None
-            grad_pre = masked_grad(residual, atoms_low, codes, constant, stats=stats, tma=self.tma)
+            grad_pre = masked_grad(
+                residual, atoms_low, codes, constant, stats=stats, tma=self.tma,
+                persistent=self.persistent and self.tma,
+            )  # fmt: skip
             # The atoms' update last: it rewrites atoms_low, which the code gradient reads.
             i = self.slots[0]
             adam_(self.weight[r], grad_pre.T @ xt, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],

@@ -13,7 +13,7 @@ import torch
 from sparsegap import bench_gpu, fused
 
 
-def masked_grad_errors(tma: bool) -> dict[str, float]:
+def masked_grad_errors(tma: bool, persistent: bool = False) -> dict[str, float]:
     errors = {}
     gen = torch.Generator().manual_seed(0)
     # One shape that the interpreter's 32 × 32 × 16 tiles divide, one that they do not.
@@ -26,8 +26,11 @@ def masked_grad_errors(tma: bool) -> dict[str, float]:
         for layout, right in (("", atoms), (" k-major", atoms.T.contiguous().T)):
             fired = torch.zeros(latents, dtype=torch.int32)
             sums = torch.zeros(latents)
-            out = fused.masked_grad(residual, right, codes, 0.25, stats=(fired, sums), tma=tma)
-            name = f"{'tma' if tma else 'pointer'}{layout} {batch}x{dim}x{latents}"
+            out = fused.masked_grad(
+                residual, right, codes, 0.25, stats=(fired, sums), tma=tma, persistent=persistent
+            )
+            kernel = "persistent" if persistent else "tma" if tma else "pointer"
+            name = f"{kernel}{layout} {batch}x{dim}x{latents}"
             errors[f"grad {name}"] = (out - reference).abs().max().item()
             errors[f"fired {name}"] = (fired - (codes > 0).sum(dim=0)).abs().max().item()
             errors[f"sums {name}"] = (sums - codes.sum(dim=0)).abs().max().item()
@@ -109,14 +112,16 @@ def adam_atoms_errors() -> dict[str, float]:
 def step_errors() -> dict[str, float]:
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
     errors = {}
-    # pointer and TMA kernels × atoms in columns or rows; two with the one-pass Adam.
-    options = [(tma, rows, False) for tma in (False, True) for rows in (False, True)]
-    for tma, rows, one_pass in [*options, (False, False, True), (True, True, True)]:
-        check = bench_gpu.check_fused_step(
-            shape, torch.device("cpu"), tma=tma, atom_rows=rows, one_pass=one_pass
-        )
-        label = f"{'tma' if tma else 'pointer'}{' rows' if rows else ''}"
-        label += " one-pass" if one_pass else ""
+    # pointer and TMA kernels × atoms in columns or rows; two with the one-pass Adam, one of
+    # them with the persistent kernel.
+    options = [dict(tma=tma, atom_rows=rows) for tma in (False, True) for rows in (False, True)]
+    options += [dict(one_pass=True), dict(tma=True, atom_rows=True, one_pass=True, persistent=True)]
+    for option in options:
+        check = bench_gpu.check_fused_step(shape, torch.device("cpu"), **option)
+        kernel = "tma" if option.get("tma") else "pointer"
+        label = "persistent" if option.get("persistent") else kernel
+        label += " rows" if option.get("atom_rows") else ""
+        label += " one-pass" if option.get("one_pass") else ""
         for name, value in check.items():
             errors[f"step {label} {name}"] = value
     return errors
@@ -171,6 +176,7 @@ def trainer_errors(normalise: bool) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    result = masked_grad_errors(False) | masked_grad_errors(True) | adam_errors() | step_errors()
+    result = masked_grad_errors(False) | masked_grad_errors(True) | masked_grad_errors(True, True)
+    result |= adam_errors() | step_errors()
     result |= trainer_errors(True) | trainer_errors(False)
     print(json.dumps(result))
