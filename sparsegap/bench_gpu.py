@@ -270,7 +270,7 @@ class FusedSAEStep:
         latents = self.W.shape[0]
         self.bias = torch.zeros(latents, device=self.W.device, dtype=compute)
         self.constant = torch.full_like(self.bias, l1_coeff / (latents * self.x.shape[0]))
-        self.fired = torch.zeros(latents, device=self.W.device, dtype=torch.int32)
+        self.count = torch.zeros(1, device=self.W.device, dtype=torch.int32)
         self.sums = torch.zeros(latents, device=self.W.device)
         self.last_fired = torch.zeros(latents, device=self.W.device, dtype=torch.long)
         self.totals = torch.zeros(3, device=self.W.device)  # Σ mse, Σ l1, Σ l0 over steps
@@ -295,10 +295,10 @@ class FusedSAEStep:
             with torch.cuda.stream(self.side):
                 self._decoder_update(residual, codes)
         if self.track:
-            self.fired.zero_()
+            self.count.zero_()
             self.sums.zero_()
         if self.masked:
-            stats = (self.fired, self.sums) if self.track else None
+            stats = (self.count, self.sums) if self.track else None
             constant = self.l1_coeff / (latents * batch)
             grad_pre = fused.masked_grad(
                 residual, atoms, codes, constant, stats=stats, tma=self.tma,
@@ -308,7 +308,7 @@ class FusedSAEStep:
             grad_pre = torch.addmm(self.constant, residual, atoms)
             grad_pre = torch.ops.aten.threshold_backward(grad_pre, codes, 0)
             if self.track:
-                self.fired.copy_((codes > 0).sum(dim=0))
+                self.count.copy_((codes > 0).sum())
                 self.sums.copy_(codes.sum(dim=0))
         grad_W = grad_pre.T @ x  # (L, d)
         mW, vW = self.moments[0]
@@ -321,9 +321,9 @@ class FusedSAEStep:
             self.samples.add_(batch)
             mse = fused.residual_mse(residual, scale)
             l1 = self.sums.sum() / (latents * batch)
-            l0 = self.fired.sum() / batch
+            l0 = self.count[0] / batch
             self.totals.add_(torch.stack([mse, l1, l0.float()]))
-            self.last_fired.copy_(torch.where(self.fired > 0, self.samples, self.last_fired))
+            self.last_fired.copy_(torch.where(self.sums > 0, self.samples, self.last_fired))
 
     def _decoder_update(self, residual: torch.Tensor, codes: torch.Tensor) -> None:
         grad_D = codes.T @ residual if self.axis else residual.T @ codes  # D's layout

@@ -11,9 +11,9 @@ anyway:
 - ``forward_residual``: the ReLU in the encoder GEMM's cuBLASLt epilogue, the MSE scale and
   ``−x`` in the decoder GEMM's alpha and beta.
 - ``masked_grad``: the code gradient GEMM ``r·D`` with the L1 constant, the ReLU mask (read from
-  the codes), the cast to bf16 and the per-latent statistics (how many tokens fired, the codes'
-  sum, for dead-latent and L1 tracking) in its epilogue — one read of the codes instead of
-  three extra passes.
+  the codes), the cast to bf16 and the train statistics (each latent's sum of codes, for L1 and
+  dead-latent tracking, and the count of active codes, for L0) in its epilogue — one read of the
+  codes instead of three extra passes.
 - ``adam_``: Adam in fp32 (exactly ``torch.optim.Adam``'s update) that reads a bf16 or fp32
   gradient and can refresh the parameter's bf16 copy in the same pass and, for the decoder,
   accumulate each atom's squared norm, so that a renormalisation is a single scaling pass
@@ -91,17 +91,19 @@ def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.c
 
 
 @triton.jit
-def _epilogue_stats(codes, active, rn, N, fired_ptr, sums_ptr):
-    # One atomic per latent per tile.
-    tl.atomic_add(fired_ptr + rn, tl.sum(active.to(tl.int32), axis=0), mask=rn < N)
+def _epilogue_stats(codes, active, rn, N, count_ptr, sums_ptr):
+    # The codes' sum per latent (one atomic per latent per tile) and the active codes' count
+    # (one per tile): a whole-tile count is cheaper than a second column reduction, and which
+    # latents fired is sum > 0 (the codes are ReLU outputs).
     tl.atomic_add(sums_ptr + rn, tl.sum(codes.to(tl.float32), axis=0), mask=rn < N)
+    tl.atomic_add(count_ptr, tl.sum(active.to(tl.int32), axis=None))
 
 
 # restore_value: the statistics accumulate, so autotuning's trial runs must not add to them.
 @triton.autotune(
     configs=_configs(tma=False),
     key=["M", "N", "K", "PRECISION", "stride_bn"],
-    restore_value=["fired_ptr", "sums_ptr"],
+    restore_value=["count_ptr", "sums_ptr"],
 )
 @triton.heuristics(
     {
@@ -112,7 +114,7 @@ def _epilogue_stats(codes, active, rn, N, fired_ptr, sums_ptr):
 )
 @triton.jit
 def _masked_grad_kernel(
-    a_ptr, b_ptr, codes_ptr, out_ptr, fired_ptr, sums_ptr,
+    a_ptr, b_ptr, codes_ptr, out_ptr, count_ptr, sums_ptr,
     M, N, K, constant,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_om, stride_on,
     STATS: tl.constexpr, PRECISION: tl.constexpr, EVEN: tl.constexpr, EARLY: tl.constexpr,
@@ -147,17 +149,17 @@ def _masked_grad_kernel(
     out_tile = out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on
     tl.store(out_tile, grad, mask=None if EVEN else inside)
     if STATS:
-        _epilogue_stats(codes, active, rn, N, fired_ptr, sums_ptr)
+        _epilogue_stats(codes, active, rn, N, count_ptr, sums_ptr)
 
 
 @triton.autotune(
     configs=_configs(tma=True),
     key=["M", "N", "K", "PRECISION", "B_KMAJOR"],
-    restore_value=["fired_ptr", "sums_ptr"],
+    restore_value=["count_ptr", "sums_ptr"],
 )
 @triton.jit
 def _masked_grad_tma_kernel(
-    a_desc, b_desc, codes_desc, out_desc, fired_ptr, sums_ptr,
+    a_desc, b_desc, codes_desc, out_desc, count_ptr, sums_ptr,
     M, N, K, constant,
     STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr, B_KMAJOR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -177,17 +179,17 @@ def _masked_grad_tma_kernel(
     active = codes > 0
     out_desc.store([off_m, off_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
     if STATS:
-        _epilogue_stats(codes, active, off_n + tl.arange(0, BLOCK_N), N, fired_ptr, sums_ptr)
+        _epilogue_stats(codes, active, off_n + tl.arange(0, BLOCK_N), N, count_ptr, sums_ptr)
 
 
 @triton.autotune(
     configs=_configs(tma=True, persistent=True),
     key=["M", "N", "K", "PRECISION", "B_KMAJOR"],
-    restore_value=["fired_ptr", "sums_ptr"],
+    restore_value=["count_ptr", "sums_ptr"],
 )
 @triton.jit
 def _masked_grad_persistent_kernel(
-    a_desc, b_desc, codes_desc, out_desc, fired_ptr, sums_ptr,
+    a_desc, b_desc, codes_desc, out_desc, count_ptr, sums_ptr,
     M, N, K, constant,
     STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr, B_KMAJOR: tl.constexpr,
     PROGRAMS: tl.constexpr,
@@ -212,7 +214,7 @@ def _masked_grad_persistent_kernel(
         active = codes > 0
         out_desc.store([out_m, out_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
         if STATS:
-            _epilogue_stats(codes, active, out_n + tl.arange(0, BLOCK_N), N, fired_ptr, sums_ptr)
+            _epilogue_stats(codes, active, out_n + tl.arange(0, BLOCK_N), N, count_ptr, sums_ptr)
 
 
 def _programs(device: torch.device) -> int:
@@ -237,8 +239,9 @@ def masked_grad(
 
     ``residual`` (B, d), ``atoms`` (d, L) — or the (d, L) view of a contiguous (L, d) tensor,
     whose K-major tiles the tensor cores may read faster — ``codes`` (B, L). With ``stats =
-    (fired, sums)`` (int32 and fp32 tensors of L), adds to them the number of tokens each latent
-    fired on and the sum of its codes over the batch. ``tma``: move tiles with the TMA engine
+    (count, sums)`` (an int32 tensor of one element and an fp32 tensor of L), adds to them the
+    number of active codes and each latent's sum of codes over the batch (a latent fired where
+    its sum is > 0). ``tma``: move tiles with the TMA engine
     (Hopper and later; contiguous rows with 16-byte aligned strides); ``persistent`` (with
     ``tma``): one program per SM walking the tiles, so that epilogues overlap the next loads."""
     batch, dim = residual.shape
@@ -246,7 +249,7 @@ def masked_grad(
     if atoms.shape[0] != dim or codes.shape != (batch, latents):
         raise ValueError(f"shapes {residual.shape} @ {atoms.shape} vs codes {codes.shape}")
     out = torch.empty_like(codes) if out is None else out
-    fired, sums = stats if stats is not None else (out, out)  # unused when STATS is off
+    count, sums = stats if stats is not None else (out, out)  # unused when STATS is off
     precision = "ieee" if residual.dtype == torch.float32 else "tf32"
 
     def grid(meta: dict[str, int]) -> tuple[int]:
@@ -268,15 +271,15 @@ def masked_grad(
                 return (min(programs, grid(meta)[0]),)
 
             _masked_grad_persistent_kernel[walkers](
-                *descs, fired, sums, *sizes, B_KMAJOR=k_major, PROGRAMS=programs, **flags
+                *descs, count, sums, *sizes, B_KMAJOR=k_major, PROGRAMS=programs, **flags
             )
             return out
-        _masked_grad_tma_kernel[grid](*descs, fired, sums, *sizes, B_KMAJOR=k_major, **flags)
+        _masked_grad_tma_kernel[grid](*descs, count, sums, *sizes, B_KMAJOR=k_major, **flags)
         return out
     if persistent:
         raise ValueError("masked_grad: persistent needs tma")
     _masked_grad_kernel[grid](
-        residual, atoms, codes, out, fired, sums, *sizes,
+        residual, atoms, codes, out, count, sums, *sizes,
         *residual.stride(), *atoms.stride(), *codes.stride(), *out.stride(), **flags,
     )  # fmt: skip
     return out
@@ -524,7 +527,7 @@ class SAETrainer:
         self.atoms_low = torch.empty_like(self.atoms, dtype=low)
         self.seen: tuple[int, int] | None = None  # the weights' versions the copies match
         self.zero_bias = torch.zeros(latents, device=weight.device, dtype=low)
-        self.fired = torch.zeros(replicas, latents, device=weight.device, dtype=torch.int32)
+        self.count = torch.zeros(replicas, 1, device=weight.device, dtype=torch.int32)
         self.sums = torch.zeros(replicas, latents, device=weight.device)
         size = torch.finfo(low).bits // 8
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
@@ -557,12 +560,12 @@ class SAETrainer:
         constant = l1_coeff / (latents * batch)
         mse = torch.zeros(replicas, device=xt.device)
         if track:
-            self.fired.zero_()
+            self.count.zero_()
             self.sums.zero_()
         for r in range(replicas):
             encoder_low, atoms_low = self.weight_low[r], self.atoms_low[r]
             codes, residual, scale = forward_residual(xt, encoder_low, atoms_low, self.zero_bias)
-            stats = (self.fired[r], self.sums[r]) if track else None
+            stats = (self.count[r], self.sums[r]) if track else None
             grad_pre = masked_grad(
                 residual, atoms_low, codes, constant, stats=stats, tma=self.tma,
                 persistent=self.persistent and self.tma,
@@ -582,5 +585,5 @@ class SAETrainer:
         if not track:
             return None
         l1 = self.sums.sum(dim=1) / (latents * batch)
-        l0 = self.fired.sum(dim=1).float() / batch
-        return mse, l1, l0, self.fired > 0
+        l0 = self.count[:, 0].float() / batch
+        return mse, l1, l0, self.sums > 0

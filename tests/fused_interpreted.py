@@ -24,15 +24,16 @@ def masked_grad_errors(tma: bool, persistent: bool = False) -> dict[str, float]:
         reference = torch.where(codes > 0, residual @ atoms + 0.25, 0.0)
         # The atoms as given (d, L), and as the (d, L) view of an (L, d) tensor (K-major).
         for layout, right in (("", atoms), (" k-major", atoms.T.contiguous().T)):
-            fired = torch.zeros(latents, dtype=torch.int32)
+            count = torch.zeros(1, dtype=torch.int32)
             sums = torch.zeros(latents)
             out = fused.masked_grad(
-                residual, right, codes, 0.25, stats=(fired, sums), tma=tma, persistent=persistent
+                residual, right, codes, 0.25, stats=(count, sums), tma=tma, persistent=persistent
             )
             kernel = "persistent" if persistent else "tma" if tma else "pointer"
             name = f"{kernel}{layout} {batch}x{dim}x{latents}"
             errors[f"grad {name}"] = (out - reference).abs().max().item()
-            errors[f"fired {name}"] = (fired - (codes > 0).sum(dim=0)).abs().max().item()
+            errors[f"count {name}"] = abs(count.item() - (codes > 0).sum().item())
+            errors[f"fired {name}"] = float(((sums > 0) != (codes > 0).any(dim=0)).sum())
             errors[f"sums {name}"] = (sums - codes.sum(dim=0)).abs().max().item()
             errors[f"zeros {name}"] = float(((codes == 0) & (out != 0)).sum().item())
     return errors
