@@ -574,8 +574,6 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.backends.cuda.matmul.allow_tf32 = options.get("tf32", False)
             step, _ = framework_step(shape, encoder, device, **options)
-            if options.get("persistent"):  # the fused trainer's code gradient, persistent kernel
-                step.fused.persistent = True
             return step, shape["batch"]
 
         return make
@@ -706,11 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         3,
     )
     if cuda:
-        variant(
-            f"{sae}: framework encoder.fast_step, bf16 (fused, persistent)",
-            fw("sae", autocast="bf16", fast_step=True, persistent=True),
-            3,
-        )
+        try:
+            from sparsegap import fused
+
+            for shape_, persistent in fused.persistent_choices().items():
+                kind = "persistent" if persistent else "one program per tile"
+                print(f"  framework code-gradient kernel for {shape_}: {kind} (timed)")
+        except Exception as error:
+            print(f"  (no kernel choices: {error!r})")
     if cuda:
         variant(
             f"{sae}: framework encoder.fast_step, TF32", fw("sae", tf32=True, fast_step=True), 3

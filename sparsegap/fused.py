@@ -29,6 +29,8 @@ the interpreter's bf16 ``tl.dot`` is wrong), which is how tests/test_fused.py ch
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import torch
 import triton
@@ -233,7 +235,7 @@ def masked_grad(
     out: Tensor | None = None,
     stats: tuple[Tensor, Tensor] | None = None,
     tma: bool = False,
-    persistent: bool = False,
+    persistent: bool | None = False,
 ) -> Tensor:
     """``where(codes > 0, residual @ atoms + constant, 0)`` in ``codes``' dtype, in one kernel.
 
@@ -241,9 +243,10 @@ def masked_grad(
     whose K-major tiles the tensor cores may read faster — ``codes`` (B, L). With ``stats =
     (count, sums)`` (an int32 tensor of one element and an fp32 tensor of L), adds to them the
     number of active codes and each latent's sum of codes over the batch (a latent fired where
-    its sum is > 0). ``tma``: move tiles with the TMA engine
-    (Hopper and later; contiguous rows with 16-byte aligned strides); ``persistent`` (with
-    ``tma``): one program per SM walking the tiles, so that epilogues overlap the next loads."""
+    its sum is > 0). ``tma``: move tiles with the TMA engine (Hopper and later; contiguous rows
+    with 16-byte aligned strides); ``persistent`` (with ``tma``): one program per SM walking the
+    tiles, so that epilogues overlap the next loads; ``None``: whichever of the two kernels runs
+    faster, timed once per shape on scratch outputs (``persistent_choices``)."""
     batch, dim = residual.shape
     latents = atoms.shape[1]
     if atoms.shape[0] != dim or codes.shape != (batch, latents):
@@ -263,6 +266,13 @@ def masked_grad(
         # atoms may be a (d, L) view of a contiguous (L, d) tensor: K-major tiles, as wgmma likes
         k_major = atoms.stride(0) == 1 and atoms.stride(1) != 1
         right = atoms.T if k_major else atoms
+        if persistent is None:
+            key = (residual.device, residual.dtype, batch, dim, latents, k_major, stats is not None)
+            persistent = _PERSISTENT.get(key)
+            if persistent is None:
+                persistent = _PERSISTENT[key] = _persistent_is_faster(
+                    residual, atoms, codes, constant, stats
+                )
         descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (residual, right, codes, out)]
         if persistent:
             programs = _programs(residual.device)
@@ -283,6 +293,48 @@ def masked_grad(
         *residual.stride(), *atoms.stride(), *codes.stride(), *out.stride(), **flags,
     )  # fmt: skip
     return out
+
+
+_PERSISTENT: dict[tuple, bool] = {}  # masked_grad(persistent=None)'s choices per shape
+
+
+def _persistent_is_faster(
+    residual: Tensor, atoms: Tensor, codes: Tensor, constant: float, stats: tuple | None
+) -> bool:
+    """Time masked_grad's TMA kernel and its persistent form (each autotuned first) on scratch
+    outputs, so the caller's statistics are untouched."""
+    out = torch.empty_like(codes)
+    scratch = tuple(torch.zeros_like(t) for t in stats) if stats is not None else None
+    times = {}
+    for persistent in (False, True):
+
+        def run(persistent: bool = persistent) -> None:
+            masked_grad(residual, atoms, codes, constant, out, scratch, True, persistent)
+
+        times[persistent] = _time(run, residual.device)
+    return times[True] < times[False]
+
+
+def _time(run: Callable[[], None], device: torch.device) -> float:
+    """Seconds (or ms: only comparisons matter) per call of ``run`` after warming it up."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(run, warmup=10, rep=40))
+    run()
+    started = time.perf_counter()
+    for _ in range(2):
+        run()
+    return time.perf_counter() - started
+
+
+def persistent_choices() -> dict[str, bool]:
+    """masked_grad(persistent=None)'s choices so far: shape → persistent kernel (the bench)."""
+    return {
+        f"{dtype} {batch}x{dim}x{latents}{' k-major' if k_major else ''}"
+        f"{' stats' if stats else ''}": choice
+        for (_, dtype, batch, dim, latents, k_major, stats), choice in _PERSISTENT.items()
+    }
 
 
 def autotune_timings() -> dict[str, dict[str, float]]:
@@ -531,7 +583,8 @@ class SAETrainer:
         self.sums = torch.zeros(replicas, latents, device=weight.device)
         size = torch.finfo(low).bits // 8
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
-        self.persistent = False  # masked_grad's persistent kernel (with tma; make bench-gpu)
+        # masked_grad's TMA kernel or its persistent form: None times both once (per shape)
+        self.persistent: bool | None = None
 
     def _refresh(self) -> None:
         """Renormalise and copy the weights where they changed since this trainer last wrote."""
@@ -568,7 +621,7 @@ class SAETrainer:
             stats = (self.count[r], self.sums[r]) if track else None
             grad_pre = masked_grad(
                 residual, atoms_low, codes, constant, stats=stats, tma=self.tma,
-                persistent=self.persistent and self.tma,
+                persistent=self.persistent if self.tma else False,
             )  # fmt: skip
             # The atoms' update last: it rewrites atoms_low, which the code gradient reads.
             i = self.slots[0]

@@ -13,7 +13,9 @@ import torch
 from sparsegap import bench_gpu, fused
 
 
-def masked_grad_errors(tma: bool, persistent: bool = False) -> dict[str, float]:
+def masked_grad_errors(tma: bool, persistent: bool | None = False) -> dict[str, float]:
+    """Errors of masked_grad against torch; persistent=None: the timed choice, whose trial runs
+    must not add to the statistics."""
     errors = {}
     gen = torch.Generator().manual_seed(0)
     # One shape that the interpreter's 32 × 32 × 16 tiles divide, one that they do not.
@@ -29,7 +31,7 @@ def masked_grad_errors(tma: bool, persistent: bool = False) -> dict[str, float]:
             out = fused.masked_grad(
                 residual, right, codes, 0.25, stats=(count, sums), tma=tma, persistent=persistent
             )
-            kernel = "persistent" if persistent else "tma" if tma else "pointer"
+            kernel = {None: "auto", True: "persistent"}.get(persistent, "tma" if tma else "pointer")
             name = f"{kernel}{layout} {batch}x{dim}x{latents}"
             errors[f"grad {name}"] = (out - reference).abs().max().item()
             errors[f"count {name}"] = abs(count.item() - (codes > 0).sum().item())
@@ -178,6 +180,8 @@ def trainer_errors(normalise: bool) -> dict[str, float]:
 
 if __name__ == "__main__":
     result = masked_grad_errors(False) | masked_grad_errors(True) | masked_grad_errors(True, True)
+    result |= masked_grad_errors(True, None)
+    result["auto choices"] = len(fused.persistent_choices())
     result |= adam_errors() | step_errors()
     result |= trainer_errors(True) | trainer_errors(False)
     print(json.dumps(result))

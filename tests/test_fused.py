@@ -34,12 +34,14 @@ def interpreted() -> dict[str, float]:
 
 def test_masked_grad_equals_torch_with_its_statistics(interpreted):
     grads = {k: v for k, v in interpreted.items() if k.startswith("grad ")}
-    # pointer, TMA and persistent TMA kernels × atoms (d, L) or K-major × tile-divisible and
-    # ragged shapes (the persistent one: 4 programs walking 8 and 30 tiles)
-    assert len(grads) == 12
+    # pointer, TMA and persistent TMA kernels, and the timed choice between the last two × atoms
+    # (d, L) or K-major × tile-divisible and ragged shapes (persistent: 4 programs walking 8 and
+    # 30 tiles); the choice is made once per shape and layout, on scratch outputs
+    assert len(grads) == 16
+    assert interpreted["auto choices"] == 4
     assert max(grads.values()) < 1e-4, grads
     counts = {k: v for k, v in interpreted.items() if k.startswith(("count ", "fired ", "zeros "))}
-    assert len(counts) == 36
+    assert len(counts) == 48
     # exact: the active codes' count, which latents fired (sum > 0), inactive codes stay 0
     assert max(counts.values()) == 0, counts
     sums = {k: v for k, v in interpreted.items() if k.startswith("sums ")}
