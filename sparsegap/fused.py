@@ -55,17 +55,22 @@ def _configs(tma: bool, persistent: bool = False) -> list[triton.Config]:
     tiles = [(32, 32, 16, 1, 4)] if interpreted else _TILES
     # EARLY: load the codes tile before the main loop (its latency hidden behind the GEMM, at
     # the cost of registers held through it) or after it; which wins depends on the tile. The
-    # persistent kernel loads it after (the next tile's loads overlap it instead).
+    # persistent kernel loads it after (the next tile's loads overlap it instead), whole or in
+    # two halves (SUBTILE: half the epilogue's shared memory, left to the main loop's stages);
+    # the interpreter runs the halves (the whole tile's epilogue is the TMA kernel's).
     early = [False] if interpreted or persistent else [True, False]
+    subtile = ([True] if interpreted else [True, False]) if persistent else [None]
     return [
         triton.Config(
-            {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EARLY": e},
+            {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "EARLY": e}
+            | ({} if h is None else {"SUBTILE": h}),
             num_stages=s,
             num_warps=w,
             pre_hook=_set_blocks if tma else None,
         )
         for m, n, k, s, w in tiles
         for e in early
+        for h in subtile
     ]
 
 
@@ -75,8 +80,9 @@ def _set_blocks(args: dict) -> None:
     args["a_desc"].block_shape = [m, k]
     # A K-major right operand (the atoms stored transposed, (L, d)) is loaded as (n, k) tiles.
     args["b_desc"].block_shape = [n, k] if args["B_KMAJOR"] else [k, n]
-    args["codes_desc"].block_shape = [m, n]
-    args["out_desc"].block_shape = [m, n]
+    epilogue = [m, n // 2] if args.get("SUBTILE") else [m, n]
+    args["codes_desc"].block_shape = epilogue
+    args["out_desc"].block_shape = epilogue
 
 
 @triton.jit
@@ -90,6 +96,16 @@ def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.c
     pid_m = first_m + (pid % per_group) % group_m
     pid_n = (pid % per_group) // group_m
     return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@triton.jit
+def _masked_store(acc, codes, out_desc, off_m, off_n, N, constant, count_ptr, sums_ptr, STATS):
+    # The TMA kernels' epilogue on one (sub)tile: mask, L1 constant, cast, store, statistics.
+    active = codes > 0
+    out_desc.store([off_m, off_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
+    if STATS:
+        rn = off_n + tl.arange(0, acc.shape[1])
+        _epilogue_stats(codes, active, rn, N, count_ptr, sums_ptr)
 
 
 @triton.jit
@@ -178,10 +194,7 @@ def _masked_grad_tma_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if not EARLY:
         codes = codes_desc.load([off_m, off_n])
-    active = codes > 0
-    out_desc.store([off_m, off_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
-    if STATS:
-        _epilogue_stats(codes, active, off_n + tl.arange(0, BLOCK_N), N, count_ptr, sums_ptr)
+    _masked_store(acc, codes, out_desc, off_m, off_n, N, constant, count_ptr, sums_ptr, STATS)
 
 
 @triton.autotune(
@@ -194,7 +207,7 @@ def _masked_grad_persistent_kernel(
     a_desc, b_desc, codes_desc, out_desc, count_ptr, sums_ptr,
     M, N, K, constant,
     STATS: tl.constexpr, PRECISION: tl.constexpr, EARLY: tl.constexpr, B_KMAJOR: tl.constexpr,
-    PROGRAMS: tl.constexpr,
+    SUBTILE: tl.constexpr, PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # The TMA kernel as one program per SM walking the tiles: with K only 768 deep, each
@@ -212,11 +225,20 @@ def _masked_grad_persistent_kernel(
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         tile_out += PROGRAMS
         out_m, out_n = _tile(tile_out, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        codes = codes_desc.load([out_m, out_n])
-        active = codes > 0
-        out_desc.store([out_m, out_n], tl.where(active, acc + constant, 0.0).to(out_desc.dtype))
-        if STATS:
-            _epilogue_stats(codes, active, out_n + tl.arange(0, BLOCK_N), N, count_ptr, sums_ptr)
+        if SUBTILE:
+            halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            left, right = tl.split(halves)
+            half_n = out_n + BLOCK_N // 2
+            codes = codes_desc.load([out_m, out_n])
+            _masked_store(left, codes, out_desc, out_m, out_n, N, constant, count_ptr, sums_ptr,
+                          STATS)  # fmt: skip
+            codes = codes_desc.load([out_m, half_n])
+            _masked_store(right, codes, out_desc, out_m, half_n, N, constant, count_ptr, sums_ptr,
+                          STATS)  # fmt: skip
+        else:
+            codes = codes_desc.load([out_m, out_n])
+            _masked_store(acc, codes, out_desc, out_m, out_n, N, constant, count_ptr, sums_ptr,
+                          STATS)  # fmt: skip
 
 
 def _programs(device: torch.device) -> int:
