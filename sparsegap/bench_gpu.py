@@ -222,10 +222,12 @@ class FusedSAEStep:
     Triton GEMM by cuBLAS (L1 constant as a bias epilogue) + ``threshold_backward``, to show
     what the fused epilogue buys. ``atom_rows`` keeps the decoder as (L, d), one atom per row,
     so that the code-gradient GEMM reads its right operand K-major; ``persistent`` (with ``tma``)
-    runs that GEMM as one program per SM walking the tiles. ``one_pass``: the decoder's
-    Adam renormalises the atoms and writes their bf16 copy itself (``fused.adam_atoms_``, as the
-    framework's ``SAETrainer``), instead of a separate scaling pass at the start of the next
-    step. Arguments as ``FastSAEStep``'s: weights (L, d) and (d, L), the batch x (d, B)."""
+    runs that GEMM as one program per SM walking the tiles; ``adam_in_gemm`` applies the
+    encoder's Adam in its gradient GEMM's epilogue (``fused.matmul_adam_``). ``one_pass``: the
+    decoder's Adam renormalises the atoms and writes their bf16 copy itself
+    (``fused.adam_atoms_``, as the framework's ``SAETrainer``), instead of a separate scaling
+    pass at the start of the next step. Arguments as ``FastSAEStep``'s: weights (L, d) and
+    (d, L), the batch x (d, B)."""
 
     def __init__(
         self,
@@ -242,6 +244,7 @@ class FusedSAEStep:
         atom_rows: bool = False,
         one_pass: bool = False,
         persistent: bool = False,
+        adam_in_gemm: bool = False,
     ) -> None:
         from sparsegap import fused
 
@@ -256,7 +259,7 @@ class FusedSAEStep:
         self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (self.W, self.D)]
         self.step = torch.zeros((), device=self.W.device)
         self.lr, self.l1_coeff, self.track, self.masked = lr, l1_coeff, track, masked
-        self.tma, self.persistent = tma, persistent
+        self.tma, self.persistent, self.adam_in_gemm = tma, persistent, adam_in_gemm
         # overlap: the decoder's gradient GEMM and its (memory-bound) Adam on a second CUDA
         # stream, beside the code-gradient and encoder-gradient GEMMs.
         self.side = torch.cuda.Stream() if overlap else None
@@ -310,9 +313,12 @@ class FusedSAEStep:
             if self.track:
                 self.count.copy_((codes > 0).sum())
                 self.sums.copy_(codes.sum(dim=0))
-        grad_W = grad_pre.T @ x  # (L, d)
         mW, vW = self.moments[0]
-        fused.adam_(self.W, grad_W, mW, vW, self.step, self.lr, low=self.W_low)
+        if self.adam_in_gemm:  # the encoder's gradient straight into Adam, in one kernel
+            fused.matmul_adam_(grad_pre, x, self.W, mW, vW, self.step, self.lr, self.W_low)
+        else:
+            grad_W = grad_pre.T @ x  # (L, d)
+            fused.adam_(self.W, grad_W, mW, vW, self.step, self.lr, low=self.W_low)
         if main is not None:
             main.wait_stream(self.side)
         else:  # after the code gradient, which reads the bf16 atoms that one_pass rewrites
@@ -642,6 +648,17 @@ def main(argv: list[str] | None = None) -> int:
             fused_step(True, tma=True, persistent=True, atom_rows=True, one_pass=True),
             5,
         )
+        everything = dict(tma=True, persistent=True, one_pass=True, adam_in_gemm=True)
+        variant(
+            f"{sae}: fused (persistent TMA, one-pass, Adam in GEMM) + stats, CUDA graph",
+            fused_step(True, **everything),
+            5,
+        )
+        variant(
+            f"{sae}: fused (persistent, rows, one-pass, Adam in GEMM) + stats, CUDA graph",
+            fused_step(True, atom_rows=True, **everything),
+            5,
+        )
         variant(
             f"{sae}: fused (TMA) + stats, overlapped, CUDA graph",
             fused_step(True, tma=True, overlap=True),
@@ -758,6 +775,8 @@ def main(argv: list[str] | None = None) -> int:
             diffs |= {f"{k} (TMA, atoms in rows, one-pass Adam)": v for k, v in one.items()}
             walk = check_fused_step(SMALL, device, tma=True, persistent=True, one_pass=True)
             diffs |= {f"{k} (persistent TMA, one-pass Adam)": v for k, v in walk.items()}
+            gemm = check_fused_step(SMALL, device, tma=True, one_pass=True, adam_in_gemm=True)
+            diffs |= {f"{k} (TMA, one-pass, Adam in GEMM)": v for k, v in gemm.items()}
             error = check_masked_grad(shape, device)
             shown = ", ".join(f"{k} = {v:.2e}" for k, v in diffs.items())
             print(f"fused step vs framework, fp32, 5 steps: {shown}")

@@ -547,6 +547,153 @@ def adam_atoms_(
     )  # fmt: skip
 
 
+def _matmul_adam_configs() -> list[triton.Config]:
+    # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps, CHUNKS): tiles whose shared memory lets one or
+    # two programs share an SM (so that one's Adam epilogue, memory-bound, can overlap the
+    # other's main loop), the epilogue in CHUNKS column pieces to bound its registers.
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        tiles = [(32, 32, 16, 1, 4, 4)]  # four chunks: every epilogue path
+    else:
+        tiles = [
+            (128, 128, 64, 3, 8, 2),
+            (128, 128, 64, 3, 8, 4),
+            (128, 128, 64, 4, 8, 4),
+            (128, 256, 64, 3, 8, 4),
+            (256, 128, 64, 3, 8, 4),
+            (128, 64, 64, 4, 4, 2),
+            (64, 128, 64, 4, 4, 2),
+        ]
+    return [
+        triton.Config(
+            {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "CHUNKS": c},
+            num_stages=s,
+            num_warps=w,
+            pre_hook=_set_matmul_adam_blocks,
+        )
+        for m, n, k, s, w, c in tiles
+    ]
+
+
+def _set_matmul_adam_blocks(args: dict) -> None:
+    m, n, k = args["BLOCK_M"], args["BLOCK_N"], args["BLOCK_K"]
+    args["at_desc"].block_shape = [k, m]
+    args["b_desc"].block_shape = [k, n]
+
+
+@triton.jit
+def _adam_chunk(
+    g, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2, eps,
+    correction1, correction2_sqrt,
+):  # fmt: skip
+    # _adam_kernel's update of one chunk of a tile whose gradient g is already in registers.
+    rm = off_m + tl.arange(0, g.shape[0])
+    rn = off_n + tl.arange(0, g.shape[1])
+    inside = (rm[:, None] < M) & (rn[None, :] < N)
+    offsets = rm[:, None] * N + rn[None, :]
+    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
+    m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+    v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+    m = m + (1.0 - beta1) * (g - m)
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
+    tl.store(p_ptr + offsets, p, mask=inside)
+    tl.store(m_ptr + offsets, m, mask=inside)
+    tl.store(v_ptr + offsets, v, mask=inside)
+    tl.store(low_ptr + offsets, p.to(low_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _adam_halves(
+    g, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2, eps, c1, c2,
+    ROWS: tl.constexpr, COLS: tl.constexpr,
+):  # fmt: skip
+    # _adam_chunk on the left and right column halves of g (fewer registers live at once).
+    HALF: tl.constexpr = COLS // 2
+    left, right = tl.split(tl.permute(tl.reshape(g, (ROWS, 2, HALF)), (0, 2, 1)))
+    _adam_chunk(left, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2, eps,
+                c1, c2)  # fmt: skip
+    _adam_chunk(right, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n + HALF, M, N, lr, beta1,
+                beta2, eps, c1, c2)  # fmt: skip
+
+
+# restore_value: autotuning's trial runs must leave the parameter and its moments as they were.
+@triton.autotune(
+    configs=_matmul_adam_configs(),
+    key=["M", "N", "K", "PRECISION"],
+    restore_value=["p_ptr", "m_ptr", "v_ptr", "low_ptr"],
+)
+@triton.jit
+def _matmul_adam_kernel(
+    at_desc, b_desc, p_ptr, m_ptr, v_ptr, low_ptr, step_ptr,
+    M, N, K, lr, beta1, beta2, eps,
+    PRECISION: tl.constexpr, CHUNKS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    # g = atᵀ·b for one tile (TMA loads; at is read transposed), then Adam on it in place: the
+    # gradient never goes to memory, and the update's traffic can overlap another program's
+    # GEMM on the same SM.
+    off_m, off_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = at_desc.load([k, off_m]).T
+        b = b_desc.load([k, off_n])
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    t = tl.load(step_ptr)
+    c1 = 1.0 - tl.exp2(t * tl.log2(beta1))
+    c2 = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
+    if CHUNKS == 1:
+        _adam_chunk(acc, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2,
+                    eps, c1, c2)  # fmt: skip
+    elif CHUNKS == 2:
+        _adam_halves(acc, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2,
+                     eps, c1, c2, BLOCK_M, BLOCK_N)  # fmt: skip
+    else:  # 4: each half in halves
+        HALF: tl.constexpr = BLOCK_N // 2
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+        _adam_halves(left, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2,
+                     eps, c1, c2, BLOCK_M, HALF)  # fmt: skip
+        _adam_halves(right, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n + HALF, M, N, lr, beta1,
+                     beta2, eps, c1, c2, BLOCK_M, HALF)  # fmt: skip
+
+
+def matmul_adam_(
+    at: Tensor,
+    b: Tensor,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
+    lr: float,
+    low: Tensor,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """``adam_(param, atᵀ·b, ...)`` in one kernel: the gradient GEMM's epilogue applies Adam
+    (exactly ``adam_``'s update, from the fp32 accumulator rather than a rounded gradient) and
+    writes the parameter's copy ``low``. ``at`` (K, M) and ``b`` (K, N) contiguous, in the GEMMs'
+    dtype (for the SAE's encoder: the code gradient (B, L) and the batch (B, d)); ``param``
+    (M, N) fp32 with its moments, contiguous. TMA loads: Hopper or later (or the interpreter)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    depth, rows = at.shape
+    cols = b.shape[1]
+    if b.shape[0] != depth:
+        raise ValueError(f"matmul_adam_: {tuple(at.shape)}ᵀ @ {tuple(b.shape)}")
+    for t in (param, exp_avg, exp_avg_sq, low):
+        if t.shape != (rows, cols) or not t.is_contiguous():
+            raise ValueError(f"matmul_adam_: {tuple(t.shape)} is not a contiguous {(rows, cols)}")
+    precision = "ieee" if at.dtype == torch.float32 else "tf32"
+    descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (at, b)]
+
+    def grid(meta: dict[str, int]) -> tuple[int]:
+        return (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),)
+
+    _matmul_adam_kernel[grid](
+        *descs, param, exp_avg, exp_avg_sq, low, step, rows, cols, depth,
+        lr, betas[0], betas[1], eps, PRECISION=precision,
+    )  # fmt: skip
+
+
 def forward_residual(
     x: Tensor, encoder_low: Tensor, atoms_low: Tensor, zero_bias: Tensor
 ) -> tuple[Tensor, Tensor, float]:

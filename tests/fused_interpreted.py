@@ -79,7 +79,7 @@ def adam_errors() -> dict[str, float]:
     fused.renormalise_(rows, torch.empty(300, 40, dtype=torch.bfloat16), row_sumsq, axis=1)
     target = reference.detach() / reference.detach().norm(dim=1, keepdim=True)
     errors["adam+renormalise rows"] = (rows - target).abs().max().item()
-    return errors | adam_atoms_errors()
+    return errors | adam_atoms_errors() | matmul_adam_errors()
 
 
 def adam_atoms_errors() -> dict[str, float]:
@@ -112,6 +112,31 @@ def adam_atoms_errors() -> dict[str, float]:
     return errors
 
 
+def matmul_adam_errors() -> dict[str, float]:
+    """``matmul_adam_`` (the gradient GEMM with Adam in its epilogue) against torch's GEMM and
+    Adam, 3 steps: a shape the interpreter's tiles divide and a ragged one."""
+    gen = torch.Generator().manual_seed(3)
+    errors = {}
+    for depth, rows, cols in ((64, 64, 32), (72, 100, 48)):
+        at, b = torch.randn(depth, rows, generator=gen), torch.randn(depth, cols, generator=gen)
+        param = torch.randn(rows, cols, generator=gen)
+        reference = param.clone().requires_grad_()
+        optimiser = torch.optim.Adam([reference], lr=1e-2)
+        moments = torch.zeros_like(param), torch.zeros_like(param)
+        low = torch.empty_like(param, dtype=torch.bfloat16)
+        step = torch.zeros(())
+        for i in range(3):
+            step += 1
+            fused.matmul_adam_(at * (i + 1), b, param, *moments, step, 1e-2, low)
+            reference.grad = (at * (i + 1)).T @ b
+            optimiser.step()
+        name = f"matmul_adam {depth}x{rows}x{cols}"
+        errors[name] = (param - reference.detach()).abs().max().item()
+        copy_error = (low.float() - param).abs().max() / param.abs().max()
+        errors[f"{name} bf16 copy"] = copy_error.item()  # relative: the weights are O(1)
+    return errors
+
+
 def step_errors() -> dict[str, float]:
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
     errors = {}
@@ -119,12 +144,14 @@ def step_errors() -> dict[str, float]:
     # them with the persistent kernel.
     options = [dict(tma=tma, atom_rows=rows) for tma in (False, True) for rows in (False, True)]
     options += [dict(one_pass=True), dict(tma=True, atom_rows=True, one_pass=True, persistent=True)]
+    options += [dict(tma=True, one_pass=True, adam_in_gemm=True)]
     for option in options:
         check = bench_gpu.check_fused_step(shape, torch.device("cpu"), **option)
         kernel = "tma" if option.get("tma") else "pointer"
         label = "persistent" if option.get("persistent") else kernel
         label += " rows" if option.get("atom_rows") else ""
         label += " one-pass" if option.get("one_pass") else ""
+        label += " adam-in-gemm" if option.get("adam_in_gemm") else ""
         for name, value in check.items():
             errors[f"step {label} {name}"] = value
     return errors

@@ -55,6 +55,12 @@ def test_adam_kernel_is_torch_adam_and_keeps_the_atom_norms(interpreted):
     assert 0 < interpreted["bf16 copy"] < 1e-2  # a real bf16 rounding, of the renormalised atoms
 
 
+def test_the_gradient_gemm_with_adam_in_its_epilogue(interpreted):
+    for shape in ("64x64x32", "72x100x48"):  # tile-divisible and ragged; 4 epilogue chunks
+        assert interpreted[f"matmul_adam {shape}"] < 1e-5, shape
+        assert 0 < interpreted[f"matmul_adam {shape} bf16 copy"] < 1e-2, shape
+
+
 def test_adam_with_the_renormalisation_in_one_pass(interpreted):
     for layout in ("columns", "rows", "wide columns"):  # the last: the two-kernel path
         assert interpreted[f"adam_atoms {layout}"] < 1e-6, layout
@@ -63,8 +69,9 @@ def test_adam_with_the_renormalisation_in_one_pass(interpreted):
 
 def test_fused_step_takes_the_framework_steps(interpreted):
     steps = {k: v for k, v in interpreted.items() if k.startswith("step ")}
-    # pointer and TMA kernels × atoms in columns or rows, and two with the one-pass Adam
-    assert len(steps) == 18
+    # pointer and TMA kernels × atoms in columns or rows, two with the one-pass Adam (one with
+    # the persistent kernel) and one with the encoder's Adam in its gradient GEMM
+    assert len(steps) == 21
     assert max(steps.values()) < 1e-5, steps
 
 
