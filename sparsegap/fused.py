@@ -504,9 +504,10 @@ def _adam_atoms_kernel(
     tl.store(low_ptr + offsets, p.to(low_ptr.dtype.element_ty), mask=inside)
 
 
-# Elements one program of _adam_atoms_kernel holds per array; wider atoms take the two-kernel
-# path (adam_ with sumsq, then renormalise_) rather than spill registers.
-_ATOM_TILE = 8192
+# Elements one program of _adam_atoms_kernel holds per array: 16 per thread, as _adam_kernel's
+# tiles (registers for several programs per SM, which a memory-bound kernel needs to hide its
+# latency). Longer atoms take the two-kernel path (adam_ with sumsq, then renormalise_).
+_ATOM_TILE = 4096
 
 
 def adam_atoms_(
@@ -524,18 +525,18 @@ def adam_atoms_(
     """``adam_`` for a decoder kept at unit-norm atoms: one Adam update of the contiguous fp32
     ``atoms``, then each atom divided by its norm (as ``Decoder.renormalise_``), and the result's
     copy written to ``low`` — in one kernel and one pass over memory where an atom fits a
-    program's registers (dimension ≤ 1,024 in columns, ≤ 8,192 in rows), else with ``adam_``
-    and ``renormalise_``. Atoms are the columns of a (d, L) matrix (``axis=0``) or the rows of
-    an (L, d) one (``axis=1``)."""
+    program's registers (dimension ≤ 4,096), else with ``adam_`` and ``renormalise_``. Atoms
+    are the columns of a (d, L) matrix (``axis=0``) or the rows of an (L, d) one (``axis=1``)."""
     rows, cols = atoms.shape
     for t in (grad, exp_avg, exp_avg_sq, low):
         if t.shape != atoms.shape or not t.is_contiguous() or not atoms.is_contiguous():
             raise ValueError(f"adam_atoms_: {tuple(t.shape)} is not a contiguous {(rows, cols)}")
     dim, count = (rows, cols) if axis == 0 else (cols, rows)
     block_d = triton.next_power_of_2(dim)
-    # Atoms in columns: 8 neighbours give 32-byte row segments (one memory sector each).
-    block_a = 8 if axis == 0 else max(1, _ATOM_TILE // block_d)
-    if block_d * block_a > _ATOM_TILE:
+    # Atoms in columns, d = 768: programs read 16-byte row segments, the neighbouring
+    # program the rest of each 32-byte sector (from L2: the two run side by side).
+    block_a = max(1, _ATOM_TILE // block_d)
+    if block_d > _ATOM_TILE:
         sumsq = torch.zeros(count, device=atoms.device)
         adam_(atoms, grad, exp_avg, exp_avg_sq, step, lr, betas, eps, sumsq=sumsq, axis=axis)
         renormalise_(atoms, low, sumsq, axis)

@@ -84,14 +84,14 @@ def adam_errors() -> dict[str, float]:
 
 def adam_atoms_errors() -> dict[str, float]:
     """``adam_atoms_`` (Adam and the renormalisation in one pass) against torch's Adam followed
-    by the framework's renormalisation, 3 steps: atoms in columns and in rows, and atoms too wide
+    by the framework's renormalisation, 3 steps: atoms in columns and in rows, and atoms too long
     for one program (its two-kernel path)."""
     gen = torch.Generator().manual_seed(2)
     errors = {}
     for name, shape, axis in (
         ("columns", (40, 300), 0),
         ("rows", (300, 40), 1),
-        ("wide columns", (1100, 20), 0),
+        ("long rows", (20, 4100), 1),
     ):
         atoms = torch.randn(*shape, generator=gen)
         reference = atoms.clone().requires_grad_()

@@ -62,7 +62,7 @@ def test_the_gradient_gemm_with_adam_in_its_epilogue(interpreted):
 
 
 def test_adam_with_the_renormalisation_in_one_pass(interpreted):
-    for layout in ("columns", "rows", "wide columns"):  # the last: the two-kernel path
+    for layout in ("columns", "rows", "long rows"):  # the last: the two-kernel path
         assert interpreted[f"adam_atoms {layout}"] < 1e-6, layout
         assert 0 < interpreted[f"adam_atoms {layout} bf16 copy"] < 1e-2, layout
 
