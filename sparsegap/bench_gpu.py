@@ -580,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.backends.cuda.matmul.allow_tf32 = options.get("tf32", False)
             step, _ = framework_step(shape, encoder, device, **options)
+            if options.get("adam_in_gemm"):  # the fused trainer's encoder update in one kernel
+                step.fused.adam_in_gemm = True
             return step, shape["batch"]
 
         return make
@@ -721,6 +723,11 @@ def main(argv: list[str] | None = None) -> int:
         3,
     )
     if cuda:
+        variant(
+            f"{sae}: framework encoder.fast_step, bf16 (fused, Adam in GEMM)",
+            fw("sae", autocast="bf16", fast_step=True, adam_in_gemm=True),
+            3,
+        )
         try:
             from sparsegap import fused
 

@@ -755,6 +755,9 @@ class SAETrainer:
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
         # masked_grad's TMA kernel or its persistent form: None times both once (per shape)
         self.persistent: bool | None = None
+        # The encoder's Adam in its gradient GEMM's epilogue (matmul_adam_, TMA only): off until
+        # `make bench-gpu` measures it faster than cuBLAS's GEMM + adam_ on an H100.
+        self.adam_in_gemm = False
 
     def _refresh(self) -> None:
         """Renormalise and copy the weights where they changed since this trainer last wrote."""
@@ -795,8 +798,13 @@ class SAETrainer:
             )  # fmt: skip
             # The atoms' update last: it rewrites atoms_low, which the code gradient reads.
             i = self.slots[0]
-            adam_(self.weight[r], grad_pre.T @ xt, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
-                  opt.steps[i], opt.lr, betas, eps, low=encoder_low)  # fmt: skip
+            moments = opt.exp_avg[i][r], opt.exp_avg_sq[i][r]
+            if self.adam_in_gemm and self.tma:
+                matmul_adam_(grad_pre, xt, self.weight[r], *moments, opt.steps[i], opt.lr,
+                             encoder_low, betas, eps)  # fmt: skip
+            else:
+                adam_(self.weight[r], grad_pre.T @ xt, *moments, opt.steps[i], opt.lr, betas,
+                      eps, low=encoder_low)  # fmt: skip
             if self.learned:
                 i = self.slots[1]
                 update = adam_atoms_ if self.normalised else adam_

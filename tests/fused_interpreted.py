@@ -157,10 +157,11 @@ def step_errors() -> dict[str, float]:
     return errors
 
 
-def trainer_errors(normalise: bool) -> dict[str, float]:
+def trainer_errors(normalise: bool, adam_in_gemm: bool = False) -> dict[str, float]:
     """The framework's Step with ``fused.SAETrainer`` attached (as on a GPU in bf16, here in
     fp32) against the plain Step: 2 replicas, lr and L1 warm-ups, train statistics, and the
-    weights changed from outside between steps 3 and 4 (as a checkpoint load would)."""
+    weights changed from outside between steps 3 and 4 (as a checkpoint load would); with
+    ``adam_in_gemm``, the encoder's update through matmul_adam_ (TMA kernels)."""
     from sparsegap.train import Step, build
 
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
@@ -178,6 +179,7 @@ def trainer_errors(normalise: bool) -> dict[str, float]:
             step.fused = fused.SAETrainer(
                 model.encoder.linear.weight, model.decoder, step.optimiser, torch.float32
             )
+            step.fused.tma = step.fused.adam_in_gemm = adam_in_gemm
         for i in range(6):
             if i == 3:
                 with torch.no_grad():
@@ -188,6 +190,7 @@ def trainer_errors(normalise: bool) -> dict[str, float]:
         steps.append((model, step, step.pop_means()))
     (plain, plain_step, plain_means), (fast, fast_step, fast_means) = steps
     name = "trainer" if normalise else "trainer unnormalised"
+    name += " adam-in-gemm" if adam_in_gemm else ""
     errors = {
         f"{name} decoder": (plain.decoder.weight - fast.decoder.weight).abs().max().item(),
         f"{name} encoder": (plain.encoder.linear.weight - fast.encoder.linear.weight)
@@ -210,5 +213,5 @@ if __name__ == "__main__":
     result |= masked_grad_errors(True, None)
     result["auto choices"] = len(fused.persistent_choices())
     result |= adam_errors() | step_errors()
-    result |= trainer_errors(True) | trainer_errors(False)
+    result |= trainer_errors(True) | trainer_errors(False) | trainer_errors(True, True)
     print(json.dumps(result))
