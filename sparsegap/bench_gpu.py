@@ -8,8 +8,9 @@ Three measurements, each variant in its own try/except so one failure does not l
      ``FusedSAEStep``: the same step with its memory-bound passes folded into GEMM epilogues and
      Triton kernels (``sparsegap.fused``), with and without its train statistics, a CUDA graph,
      the TMA kernel, the decoder's update on a second stream, the atoms stored in rows and the
-     one-pass Adam that renormalises them; ``--profile`` prints the per-kernel times of the
-     last, and the rows end with the masked-gradient GEMM's autotuning results;
+     one-pass Adam that renormalises them, the encoder's Adam in its gradient GEMM; ``--profile``
+     prints the per-kernel times of the fastest, and the rows end with the masked-gradient
+     GEMM's autotuning results;
    - the framework's own ``Step`` (the code `python -m sparsegap data=lm` runs: renormalise,
      forward, loss, backward, Adam, train statistics) in fp32, TF32, bf16 autocast and bf16
      autocast + torch.compile, and with ``encoder.fast_step`` (the SAE's hand-written backward:
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if cuda:
                 torch.cuda.empty_cache()
-        print(f"  {rows[-1][0]:<52} {rows[-1][1]:>12} {rows[-1][2]:>10}  {rows[-1][3]}", flush=True)
+        print(f"  {rows[-1][0]:<78} {rows[-1][1]:>12} {rows[-1][2]:>10}  {rows[-1][3]}", flush=True)
 
     def fw(encoder: str, **options: Any) -> Callable[[], tuple[Callable[[], Any], int]]:
         def make() -> tuple[Callable[[], Any], int]:
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     def gemms() -> tuple[Callable[[], Any], int]:
         return FiveGEMMs(shape, device), shape["batch"]
 
-    print(f"{'variant':<54} {'tokens/s':>12} {'ms/step':>10}")
+    print(f"{'variant':<80} {'tokens/s':>12} {'ms/step':>10}")
     sae = f"SAE {shape['dim']}→{shape['latents']}"
     # The fused step (Triton: CUDA only) first: it is what this bench is most often run for.
     if cuda:
