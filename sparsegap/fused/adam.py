@@ -17,31 +17,50 @@ from sparsegap.fused.code_grad import grouped_tile
 
 
 @triton.jit
+def _bias_corrections(step_ptr, beta1, beta2):
+    # 1 − β1^t and √(1 − β2^t) for the step count t on the device (CUDA-graph safe).
+    t = tl.load(step_ptr)
+    return 1.0 - tl.exp2(t * tl.log2(beta1)), tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
+
+
+@triton.jit
+def _adam_update(p, g, m, v, lr, beta1, beta2, eps, correction1, correction2_sqrt):
+    # torch.optim.Adam's update, term for term: m ← lerp(m, g, 1−β1), v ← β2 v + (1−β2) g²,
+    # p ← p − lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps). Every Adam kernel here runs this.
+    m = m + (1.0 - beta1) * (g - m)
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
+    return p, m, v
+
+
+@triton.jit
+def _adam_moments(p_ptr, g_ptr, m_ptr, v_ptr, step_ptr, offsets, inside, lr, beta1, beta2, eps):
+    # Loads a tile of the parameter, its gradient (any float dtype) and moments, updates them,
+    # stores the moments and returns the updated parameter (its store is the caller's).
+    correction1, correction2_sqrt = _bias_corrections(step_ptr, beta1, beta2)
+    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
+    g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
+    v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
+    p, m, v = _adam_update(p, g, m, v, lr, beta1, beta2, eps, correction1, correction2_sqrt)
+    tl.store(m_ptr + offsets, m, mask=inside)
+    tl.store(v_ptr + offsets, v, mask=inside)
+    return p
+
+
+@triton.jit
 def _adam_kernel(
     p_ptr, g_ptr, m_ptr, v_ptr, low_ptr, sumsq_ptr, step_ptr,
     rows, cols, lr, beta1, beta2, eps,
     LOW: tl.constexpr, SUMSQ: tl.constexpr, AXIS: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    # torch.optim.Adam's update, term for term: m ← lerp(m, g, 1−β1), v ← β2 v + (1−β2) g²,
-    # p ← p − lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps).
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     inside = (r[:, None] < rows) & (c[None, :] < cols)
     offsets = r[:, None] * cols + c[None, :]
-    t = tl.load(step_ptr)
-    correction1 = 1.0 - tl.exp2(t * tl.log2(beta1))
-    correction2_sqrt = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
-    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
-    g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
-    v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
-    m = m + (1.0 - beta1) * (g - m)
-    v = beta2 * v + (1.0 - beta2) * g * g
-    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
+    p = _adam_moments(p_ptr, g_ptr, m_ptr, v_ptr, step_ptr, offsets, inside, lr, beta1, beta2, eps)
     tl.store(p_ptr + offsets, p, mask=inside)
-    tl.store(m_ptr + offsets, m, mask=inside)
-    tl.store(v_ptr + offsets, v, mask=inside)
     if LOW:
         tl.store(low_ptr + offsets, p.to(low_ptr.dtype.element_ty), mask=inside)
     if SUMSQ:  # one atomic per column (AXIS 0) or row (AXIS 1) of the tile
@@ -127,18 +146,7 @@ def _adam_atoms_kernel(
     a = tl.program_id(0) * BLOCK_A + tl.arange(0, BLOCK_A)
     inside = (d[:, None] < dim) & (a[None, :] < atoms)
     offsets = d[:, None] * stride_d + a[None, :] * stride_a
-    t = tl.load(step_ptr)
-    correction1 = 1.0 - tl.exp2(t * tl.log2(beta1))
-    correction2_sqrt = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
-    p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
-    g = tl.load(g_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
-    v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
-    m = m + (1.0 - beta1) * (g - m)  # as _adam_kernel
-    v = beta2 * v + (1.0 - beta2) * g * g
-    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
-    tl.store(m_ptr + offsets, m, mask=inside)
-    tl.store(v_ptr + offsets, v, mask=inside)
+    p = _adam_moments(p_ptr, g_ptr, m_ptr, v_ptr, step_ptr, offsets, inside, lr, beta1, beta2, eps)
     norm = tl.maximum(tl.sqrt(tl.sum(p * p, axis=0)), 1e-12)  # as Decoder.renormalise_
     p = p / norm[None, :]
     tl.store(p_ptr + offsets, p, mask=inside)
@@ -227,7 +235,7 @@ def _adam_chunk(
     g, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2, eps,
     correction1, correction2_sqrt,
 ):  # fmt: skip
-    # _adam_kernel's update of one chunk of a tile whose gradient g is already in registers.
+    # The Adam update of one chunk of a tile whose gradient g is already in registers.
     rm = off_m + tl.arange(0, g.shape[0])
     rn = off_n + tl.arange(0, g.shape[1])
     inside = (rm[:, None] < M) & (rn[None, :] < N)
@@ -235,9 +243,7 @@ def _adam_chunk(
     p = tl.load(p_ptr + offsets, mask=inside, other=0.0)
     m = tl.load(m_ptr + offsets, mask=inside, other=0.0)
     v = tl.load(v_ptr + offsets, mask=inside, other=0.0)
-    m = m + (1.0 - beta1) * (g - m)
-    v = beta2 * v + (1.0 - beta2) * g * g
-    p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
+    p, m, v = _adam_update(p, g, m, v, lr, beta1, beta2, eps, correction1, correction2_sqrt)
     tl.store(p_ptr + offsets, p, mask=inside)
     tl.store(m_ptr + offsets, m, mask=inside)
     tl.store(v_ptr + offsets, v, mask=inside)
@@ -280,9 +286,7 @@ def _matmul_adam_kernel(
         a = at_desc.load([k, off_m]).T
         b = b_desc.load([k, off_n])
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    t = tl.load(step_ptr)
-    c1 = 1.0 - tl.exp2(t * tl.log2(beta1))
-    c2 = tl.sqrt(1.0 - tl.exp2(t * tl.log2(beta2)))
+    c1, c2 = _bias_corrections(step_ptr, beta1, beta2)
     if CHUNKS == 1:
         _adam_chunk(acc, p_ptr, m_ptr, v_ptr, low_ptr, off_m, off_n, M, N, lr, beta1, beta2,
                     eps, c1, c2)  # fmt: skip
