@@ -559,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, "skipped", "", "time budget spent"))
             return
         t0 = time.perf_counter()
-        current[0] = label
+        if hasattr(make, "options"):  # a fused step: its options, for --profile
+            fused_options[label] = make.options
         try:
             step, tokens = make()
             rate, ms = measure(step, device, tokens, warm, seconds)
@@ -607,13 +608,10 @@ def main(argv: list[str] | None = None) -> int:
         return make
 
     fused_options: dict[str, dict[str, Any]] = {}  # label → FusedSAEStep options (--profile)
-    current = [""]  # the label of the variant being set up
 
     def fused_step(graph: bool, **options: Any) -> Callable[[], tuple[Callable[[], Any], int]]:
-        def make() -> tuple[Callable[[], Any], int]:
-            fused_options[current[0]] = options
-            return prototype(FusedSAEStep, graph, **options)()
-
+        make = prototype(FusedSAEStep, graph, **options)
+        make.options = options  # type: ignore[attr-defined]
         return make
 
     def gemms() -> tuple[Callable[[], Any], int]:

@@ -138,7 +138,7 @@ class SAETrainer:
         batch = xt.shape[0]
         replicas, latents, _ = self.weight.shape
         constant = l1_coeff / (latents * batch)
-        mse = torch.zeros(replicas, device=xt.device)
+        mse = torch.zeros(replicas, device=xt.device) if track else None
         if track:
             self.count.zero_()
             self.sums.zero_()
@@ -148,7 +148,7 @@ class SAETrainer:
             stats = (self.count[r], self.sums[r]) if track else None
             grad_pre = masked_grad(
                 residual, atoms_low, codes, constant, stats=stats, tma=self.tma,
-                persistent=self.persistent if self.tma else False,
+                persistent=self.persistent,
             )  # fmt: skip
             # The atoms' update last: it rewrites atoms_low, which the code gradient reads.
             i = self.slots[0]
@@ -165,9 +165,9 @@ class SAETrainer:
                 update(self.atoms[r], residual.T @ codes, opt.exp_avg[i][r],
                        opt.exp_avg_sq[i][r], opt.steps[i], opt.lr, betas=betas, eps=eps,
                        low=atoms_low)  # fmt: skip
-            if track:
+            if mse is not None:
                 mse[r] = residual_mse(residual, scale)
-        if not track:
+        if mse is None:
             return None
         l1 = self.sums.sum(dim=1) / (latents * batch)
         l0 = self.count[:, 0].float() / batch

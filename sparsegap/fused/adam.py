@@ -16,6 +16,13 @@ from torch import Tensor
 from sparsegap.fused.code_grad import grouped_tile
 
 
+def _check_contiguous(caller: str, shape: tuple[int, int], *tensors: Tensor | None) -> None:
+    """The Adam kernels index every operand as one contiguous ``shape`` matrix."""
+    for t in tensors:
+        if t is not None and (tuple(t.shape) != shape or not t.is_contiguous()):
+            raise ValueError(f"{caller}: {tuple(t.shape)} is not a contiguous {shape}")
+
+
 @triton.jit
 def _bias_corrections(step_ptr, beta1, beta2):
     # 1 − β1^t and √(1 − β2^t) for the step count t on the device (CUDA-graph safe).
@@ -88,9 +95,7 @@ def adam_(
     lower precision) and adds to ``sumsq`` the squared norms of the updated parameter's columns
     (``axis=0``: the sum runs over rows) or rows (``axis=1``)."""
     rows, cols = param.shape
-    for t in (param, grad, exp_avg, exp_avg_sq, *(x for x in (low,) if x is not None)):
-        if t.shape != param.shape or not t.is_contiguous():
-            raise ValueError(f"adam_: {tuple(t.shape)} is not a contiguous {tuple(param.shape)}")
+    _check_contiguous("adam_", (rows, cols), param, grad, exp_avg, exp_avg_sq, low)
     block_r, block_c = 16, 256
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _adam_kernel[grid](
@@ -177,9 +182,7 @@ def adam_atoms_(
     program's registers (dimension ≤ 4,096), else with ``adam_`` and ``renormalise_``. Atoms
     are the columns of a (d, L) matrix (``axis=0``) or the rows of an (L, d) one (``axis=1``)."""
     rows, cols = atoms.shape
-    for t in (grad, exp_avg, exp_avg_sq, low):
-        if t.shape != atoms.shape or not t.is_contiguous() or not atoms.is_contiguous():
-            raise ValueError(f"adam_atoms_: {tuple(t.shape)} is not a contiguous {(rows, cols)}")
+    _check_contiguous("adam_atoms_", (rows, cols), atoms, grad, exp_avg, exp_avg_sq, low)
     dim, count = (rows, cols) if axis == 0 else (cols, rows)
     block_d = triton.next_power_of_2(dim)
     # Atoms in columns, d = 768: programs read 16-byte row segments, the neighbouring
@@ -325,9 +328,7 @@ def matmul_adam_(
     cols = b.shape[1]
     if b.shape[0] != depth:
         raise ValueError(f"matmul_adam_: {tuple(at.shape)}ᵀ @ {tuple(b.shape)}")
-    for t in (param, exp_avg, exp_avg_sq, low):
-        if t.shape != (rows, cols) or not t.is_contiguous():
-            raise ValueError(f"matmul_adam_: {tuple(t.shape)} is not a contiguous {(rows, cols)}")
+    _check_contiguous("matmul_adam_", (rows, cols), param, exp_avg, exp_avg_sq, low)
     precision = "ieee" if at.dtype == torch.float32 else "tf32"
     descs = [TensorDescriptor.from_tensor(t, [16, 16]) for t in (at, b)]
 

@@ -245,7 +245,8 @@ def masked_grad(
     its sum is > 0). ``tma``: move tiles with the TMA engine (Hopper and later; contiguous rows
     with 16-byte aligned strides); ``persistent`` (with ``tma``): one program per SM walking the
     tiles, so that epilogues overlap the next loads; ``None``: whichever of the two kernels runs
-    faster, timed once per shape on scratch outputs (``persistent_choices``)."""
+    faster, timed once per shape on scratch outputs (``persistent_choices``; without ``tma``,
+    the pointer kernel)."""
     batch, dim = residual.shape
     latents = atoms.shape[1]
     if atoms.shape[0] != dim or codes.shape != (batch, latents):
