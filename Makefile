@@ -6,7 +6,7 @@ TRITON  := .venv/.triton
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: run test test-slow test-gpu report bench bench-gpu bench-gpu-site bench-experiment paper lint format clean
+.PHONY: run test test-slow test-gpu report bench bench-gpu gpu-check bench-gpu-site bench-experiment paper lint format clean
 
 $(PY):
 	python3 -m venv .venv
@@ -49,26 +49,38 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m sparsegap.bench
 
+# The first Python whose torch sees a CUDA GPU: .venv's, else the machine's own (a GPU machine's
+# image, say, offline, with the framework's pure-Python packages carried in .bench-site).
+CUDA_PY = $(shell for c in $(PY) python3 python; do \
+	$$c -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+	&& { echo $$c; break; }; done)
+
 # Language-model path on a GPU (about 4 minutes): SAE 768→24,576 and MLP training steps per
-# second, harvesting tokens/s. No install step (it runs offline on a lent machine): the first
-# Python whose torch sees CUDA runs it — .venv's, else python3 — with .venv's other packages.
+# second, harvesting tokens/s. No install step (it runs offline on a lent machine): CUDA_PY runs
+# it with .venv's other packages.
 bench-gpu:
-	@py=""; for c in $(PY) python3 python; do \
-	  if $$c -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; \
-	  then py=$$c; break; fi; done; \
-	if [ -z "$$py" ]; then echo "no CUDA torch found: CPU smoke test (--small)"; \
+	@py="$(CUDA_PY)"; if [ -z "$$py" ]; then echo "no CUDA torch found: CPU smoke test (--small)"; \
 	  $(PY) -m sparsegap.bench_gpu --small; else $$py -m sparsegap.bench_gpu $(ARGS); fi
 
+# A GPU machine's whole check in one command, offline, no install (bench-gpu's --budget bounds it):
+# the `gpu`-marked tests (only their files are collected: a CUDA image may lack the packages of
+# others, e.g. openai's compiled ones), then bench-gpu with the per-kernel profile of the fastest
+# fused step.
+# On a machine without the .venv: `make bench-gpu-site` first, where pip works, and bring
+# .bench-site along. ARGS go to bench_gpu (e.g. ARGS='--only "fused step,MLP" --budget 200').
+gpu-check:
+	@py="$(CUDA_PY)"; test -n "$$py" || { echo "gpu-check: no Python here whose torch sees a CUDA GPU"; exit 2; }; \
+	echo "gpu-check: $$py"; status=0; \
+	PYTHONPATH="$(CURDIR)/.bench-site$${PYTHONPATH:+:$$PYTHONPATH}" $$py -m pytest -q -p no:cacheprovider \
+	  -m gpu $$(grep -l "mark.gpu" tests/test_*.py) || status=$$?; \
+	$$py -m sparsegap.bench_gpu --profile $(ARGS) || status=$$?; exit $$status
+
 # For a GPU machine whose Python is not the .venv's (another version, no .venv): copy the
-# pure-Python packages the framework and transformer-lens import (about 40 MB) into .bench-site,
-# which bench_gpu appends to the path; carry .bench-site along.
-BENCH_SITE_PACKAGES := hydra omegaconf antlr4 transformer_lens beartype fancy_einsum typeguard \
-	transformers_stream_generator datasets dill multiprocess
+# pure-Python distributions the framework, its GPU tests and transformer-lens import (about 21 MiB,
+# listed in bench_gpu.SITE_DISTRIBUTIONS) into .bench-site, which bench_gpu and gpu-check add to
+# the path; carry .bench-site along.
 bench-gpu-site: $(STAMP)
-	rm -rf .bench-site && mkdir -p .bench-site
-	cd $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
-	  tar cf - --exclude=__pycache__ $(BENCH_SITE_PACKAGES) | tar xf - -C $(CURDIR)/.bench-site
-	@du -sh .bench-site
+	$(PY) -m sparsegap.bench_gpu --write-site .bench-site
 
 # The paper's whole unknown-scenario experiment (Fig. 4: 5 encoders × 5 replicas × 40,000 steps),
 # two jobs at a time (longest first) on the local cores, one torch thread each; prints the wall time.

@@ -28,11 +28,11 @@ Three measurements, each variant in its own try/except so one failure does not l
 
 Works with any Python whose torch sees CUDA: when run by a Python that lacks the framework's
 pure-Python dependencies, the repository's .venv site-packages of the same Python version, and
-``.bench-site`` (pure-Python packages copied from .venv by ``make bench-gpu-site``), are appended
-to the path (torch, numpy and transformers stay the running Python's). The prototype rows need
-torch alone, the fused rows torch and Triton (which CUDA builds of torch bring). ``--small``
-runs tiny shapes (the CPU smoke test). The whole run stops starting new variants after
-``--budget`` seconds.
+``.bench-site`` (pure-Python distributions copied from .venv by ``make bench-gpu-site``, i.e.
+``--write-site``), are appended to the path (torch, numpy and transformers stay the running
+Python's). The prototype rows need torch alone, the fused rows torch and Triton (which CUDA
+builds of torch bring). ``--small`` runs tiny shapes (the CPU smoke test). The whole run stops
+starting new variants after ``--budget`` seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +49,38 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Pure-Python distributions the framework, its GPU tests and transformer-lens import that a CUDA
+# image's Python typically lacks: `make bench-gpu-site` copies them, metadata included (pytest
+# plugins such as jaxtyping's look their versions up), into .bench-site.
+SITE_DISTRIBUTIONS = (
+    "hydra-core", "omegaconf", "antlr4-python3-runtime", "transformer-lens", "beartype",
+    "fancy-einsum", "typeguard", "transformers-stream-generator", "datasets", "dill",
+    "multiprocess",
+)  # fmt: skip
+
+
+def write_site(dest: Path, names: tuple[str, ...] = SITE_DISTRIBUTIONS) -> int:
+    """Copy the installed files of the distributions ``names`` (packages and their dist-info,
+    no bytecode, no scripts) into a fresh ``dest``; returns the bytes copied."""
+    import shutil
+    from importlib import metadata
+
+    shutil.rmtree(dest, ignore_errors=True)
+    copied = 0
+    for name in names:
+        dist = metadata.distribution(name)
+        for file in dist.files or ():
+            # Scripts live outside site-packages (their paths climb out with "..").
+            if file.suffix == ".pyc" or ".." in file.parts:
+                continue
+            source = Path(str(dist.locate_file(file)))
+            if source.is_file():
+                target = dest / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                copied += source.stat().st_size
+    return copied
 
 
 def _with_repo_packages() -> None:
@@ -479,7 +511,8 @@ def harvest_step(
     from sparsegap.data.activations import activations_of, load_transformer
 
     small_shape = {"n_layer": 2, "n_head": 4, "vocab_size": 1000} if small else {}
-    config = GPT2Config(n_embd=shape["dim"], **small_shape)  # GPT-2 small's shape by default
+    # GPT-2 small's shape by default; BOS/EOS are the tokenizer's id 0 (written below).
+    config = GPT2Config(n_embd=shape["dim"], bos_token_id=0, eos_token_id=0, **small_shape)
     folder = _MODELS.get(small)
     if folder is None:
         folder = _MODELS[small] = Path(tempfile.mkdtemp(prefix="bench-gpt2-"))
@@ -530,7 +563,17 @@ def main(argv: list[str] | None = None) -> int:
         help="run the variants whose label contains one of these (comma-separated)",
     )
     parser.add_argument("--profile", action="store_true", help="per-kernel times of the fused step")
+    parser.add_argument(
+        "--write-site",
+        metavar="DIR",
+        type=Path,
+        help="copy the pure-Python packages a CUDA image lacks into DIR and stop",
+    )
     args = parser.parse_args(argv)
+    if args.write_site:
+        size = write_site(args.write_site)
+        print(f"{args.write_site}: {len(SITE_DISTRIBUTIONS)} distributions, {size / 2**20:.0f} MiB")
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SMALL if args.small else FULL
     seconds = args.seconds or (0.5 if args.small else 3.0)

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, float]:
-    env = os.environ | {"TRITON_INTERPRET": "1"}
     script = Path(__file__).with_name("fused_interpreted.py")
+    # The repository first on the path: sparsegap imports without an installed copy too.
+    path = [str(script.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
     )

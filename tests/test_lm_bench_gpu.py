@@ -4,6 +4,8 @@ tests/test_lm_pipeline.py covers; they are left to `make bench-gpu`.)"""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from sparsegap import bench_gpu
@@ -32,3 +34,20 @@ def test_prototype_step_matches_the_framework_and_moves():
     assert bench_gpu.check_fast_step(shape, torch.device("cpu")) < 1e-5
     trainer()
     assert (model.decoder.weight[0] - before).abs().max() > 1e-5
+
+
+def test_site_for_a_foreign_python_holds_packages_and_their_metadata(tmp_path, capsys):
+    from importlib import metadata
+
+    site = tmp_path / "site"
+    (site / "stale").mkdir(parents=True)  # a fresh copy: whatever was there goes
+    assert bench_gpu.main(["--write-site", str(site)]) == 0
+    assert "11 distributions" in capsys.readouterr().out
+    assert not (site / "stale").exists() and not list(site.rglob("*.pyc"))
+    dists = metadata.distributions(path=[str(site)])
+    found = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in dists}
+    # jaxtyping's pytest plugin asks typeguard's version: the metadata must travel too
+    assert found.keys() == set(bench_gpu.SITE_DISTRIBUTIONS), found
+    assert found["omegaconf"] == metadata.version("omegaconf")
+    assert (site / "hydra" / "__init__.py").is_file()
+    assert (site / "transformer_lens" / "model_bridge").is_dir()
