@@ -201,13 +201,19 @@ class TopKConfig(EncoderConfig):
 
     name: str = "topk"
     k: int | None = None  # active latents per sample; null = data.K
+    # AuxK (Gao et al. 2024, §A.2): the dead latents' aux_k largest activations reconstruct the
+    # residual x − D·codes; aux_coeff × its MSE, normalised by the residual's, is added to the
+    # loss. Revives latents that stopped firing. 0 = off (the paper's and issue 4's TopK).
+    aux_k: int = 0  # dead latents kept per sample (Gao et al.: d/2, e.g. 384 for GPT-2 small)
+    aux_coeff: float = 0.03125  # weight α of the AuxK term (Gao et al.: 1/32)
+    aux_dead_tokens: int = 10_000_000  # dead: not fired in this many training tokens (samples)
 
 
 @dataclass
-class BatchTopKConfig(EncoderConfig):
+class BatchTopKConfig(TopKConfig):
     """BatchTopK SAE (Bussmann et al. 2024): training keeps the k·B largest ReLU(W·x [+ b]) of
     the batch; inference thresholds each sample at the running average of the smallest kept
-    activation. No L1 penalty."""
+    activation. No L1 penalty. AuxK as for TopK."""
 
     name: str = "batch_topk"
     k: int | None = None  # mean active latents per sample; null = data.K
@@ -567,8 +573,16 @@ def validate(cfg: DictConfig) -> None:
         _need(e.hidden >= 1, "encoder.hidden", e.hidden, "must be at least 1")
     if "init" in e:
         _choice("encoder.init", e.init, ITO_INITS)
-    if "k" in e:
-        _check_k(cfg, "encoder.k", e.k)
+    check_latent_budgets(cfg)
+    if "aux_k" in e:
+        if e.aux_k and cfg.scenario.name == "known_codes":
+            raise ConfigError(
+                f"encoder.aux_k={e.aux_k} is invalid with scenario=known_codes: AuxK reconstructs"
+                " the residual through the decoder, and known_codes has none; set encoder.aux_k=0"
+            )
+        _need(e.aux_coeff >= 0, "encoder.aux_coeff", e.aux_coeff, "must be >= 0")
+        dead = e.aux_dead_tokens
+        _need(dead >= 1, "encoder.aux_dead_tokens", dead, "must be at least 1")
     if "threshold_momentum" in e:
         m = e.threshold_momentum
         _need(0 < m <= 1, "encoder.threshold_momentum", m, "must be in (0, 1]")
@@ -601,8 +615,6 @@ def validate(cfg: DictConfig) -> None:
         _choice("encoder.inference.name", inf.name, tuple(INFERENCE))
         _need(inf.iterations >= 0, "encoder.inference.iterations", inf.iterations, "must be >= 0")
         _need(inf.lr > 0, "encoder.inference.lr", inf.lr, "must be positive")
-        if inf.k is not None or (lm and inf.name in ("mp", "omp", "gp")):
-            _check_k(cfg, "encoder.inference.k", inf.k)
         if inf.l1_coeff is not None:
             _need(inf.l1_coeff >= 0, "encoder.inference.l1_coeff", inf.l1_coeff, "must be >= 0")
 
@@ -648,6 +660,23 @@ def validate(cfg: DictConfig) -> None:
         _choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
     if lm:  # last: a hub name offline fails here, within seconds, saying how to use local files
         _check_lm_sources(d)
+
+
+def check_latent_budgets(cfg: DictConfig) -> None:
+    """The budgets the number of latents bounds: ``encoder.k``, ``encoder.aux_k`` and
+    ``encoder.inference.k``. ``validate`` runs it; ``data=lm`` runs it again once d, and so the
+    number of latents, is known."""
+    e = cfg.encoder
+    if "k" in e:
+        _check_k(cfg, "encoder.k", e.k)
+    if "aux_k" in e:
+        latents = latents_of(cfg)
+        fits = e.aux_k >= 0 and (latents is None or e.aux_k <= latents)
+        top = "" if latents is None else f" ({latents})"
+        _need(fits, "encoder.aux_k", e.aux_k, f"must be between 0 (off) and the latents{top}")
+    inf = e.get("inference")
+    if inf is not None and (inf.k is not None or (is_lm(cfg) and inf.name in ("mp", "omp", "gp"))):
+        _check_k(cfg, "encoder.inference.k", inf.k)
 
 
 def _check_k(cfg: DictConfig, key: str, k: int | None) -> None:

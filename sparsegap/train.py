@@ -25,7 +25,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from sparsegap import metrics
-from sparsegap.config import fill_defaults, is_lm, latents_of, resolve_device, to_container
+from sparsegap.config import (
+    check_latent_budgets,
+    fill_defaults,
+    is_lm,
+    latents_of,
+    resolve_device,
+    to_container,
+)
 from sparsegap.data import SyntheticData, coherence, make_streamed, make_synthetic
 from sparsegap.data.synthetic import StreamBatch
 from sparsegap.decoder import Decoder
@@ -117,7 +124,7 @@ class Model:
         if own is not None:  # the encoder trains itself (Encoder.train_step): no Adam step
             return own
         step = self.encoder.forward_flops(samples) + self.encoder.backward_flops(samples)
-        step += self.encoder.auxiliary_flops(samples, self.decoder is not None)
+        step += self.encoder.auxiliary_flops(samples, self.decoder)
         params = self.encoder.parameters_per_replica()
         if self.decoder is not None:
             learned = self.decoder.learned
@@ -561,6 +568,7 @@ def train_activations(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> Recor
     start = checkpoint.read_state(run_dir)["step"] if resumed else 0
     x_test, batches = source.open(skip=start)
     cfg.data.dim, cfg.data.input_scale = x_test.shape[0], source.input_scale
+    check_latent_budgets(cfg)  # the latents (expansion × d) are known only now
     tracker.config = to_container(cfg)
     model = build(cfg, device)
     trainer = Step(model, batches, track=True)

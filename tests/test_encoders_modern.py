@@ -109,6 +109,11 @@ def test_k_defaults_to_data_K_and_is_checked(encoder):
         ("encoder=jumprelu encoder.init_threshold=0", "encoder.init_threshold=0"),
         ("encoder=lista encoder.layers=-1", "encoder.layers=-1"),
         ("encoder=batch_topk encoder.threshold_momentum=0", "encoder.threshold_momentum=0"),
+        ("encoder=topk encoder.aux_k=17", "encoder.aux_k=17"),  # more than the 16 latents
+        ("encoder=batch_topk encoder.aux_k=-1", "encoder.aux_k=-1"),
+        ("encoder=topk encoder.aux_coeff=-1", "encoder.aux_coeff=-1"),
+        ("encoder=topk encoder.aux_dead_tokens=0", "encoder.aux_dead_tokens=0"),
+        ("encoder=topk encoder.aux_k=2 scenario=known_codes", "encoder.aux_k=2"),
     ],
 )
 def test_bad_values_are_rejected(override, key):
@@ -143,6 +148,72 @@ def test_topk_gradient_reaches_only_the_kept_latents():
     grad = model.encoder.linear.weight.grad[0]  # (L, M)
     kept = codes[0, :, 0] != 0
     assert (grad[~kept] == 0).all() and (grad[kept] != 0).any()
+
+
+# ----------------------------------------------------------------------------- AuxK
+
+
+@pytest.mark.parametrize("encoder", ["topk", "batch_topk"])
+def test_auxk_counts_tokens_since_firing_in_training_only(encoder):
+    model = _model([f"encoder={encoder}", "encoder.aux_k=3", "replicas=2"])
+    enc, x = model.encoder, model.data.x_train[:, :3]  # 3 samples × k = 3: ≤ 9 of 16 fire
+    assert enc.tokens_since_fired.shape == (2, 16) and "tokens_since_fired" in enc.state_dict()
+    enc.tokens_since_fired.fill_(7)
+    codes = enc(x)
+    fired = (codes != 0).any(dim=2)
+    assert fired.any() and not fired.all()  # the idle latents count on from 7
+    expected = torch.where(fired, 0, 7 + x.shape[1])
+    assert torch.equal(enc.tokens_since_fired, expected)
+    with torch.no_grad():  # evaluation leaves the count alone
+        enc(x)
+    assert torch.equal(enc.tokens_since_fired, expected)
+    # Off (the default): no buffer, nothing counted, no term
+    plain = _model([f"encoder={encoder}"])
+    assert "tokens_since_fired" not in plain.encoder.state_dict()
+    assert plain.encoder.auxiliary_losses(x, plain.encoder(x), plain.decoder.weight) == {}
+
+
+@pytest.mark.parametrize("encoder", ["topk", "batch_topk"])
+def test_auxk_gradient_reaches_only_the_dead_latents(encoder):
+    model = _model([f"encoder={encoder}", "encoder.k=2", "encoder.aux_k=3", "replicas=2",
+                    "encoder.aux_dead_tokens=1000000"])  # fmt: skip
+    enc, x, atoms = model.encoder, model.data.x_train, model.decoder.weight
+    codes = enc(x)
+    # Nothing dead yet: the term is 0 and pulls on nothing
+    loss = enc.auxiliary_losses(x, codes, atoms)["auxk"]
+    assert loss.shape == (2,) and (loss == 0).all()
+    dead = torch.zeros(2, 16, dtype=torch.bool)
+    dead[0, [1, 5, 9]] = dead[1, [0, 5]] = True
+    codes = enc(x)
+    enc.tokens_since_fired.copy_(dead * 10**7)
+    loss = enc.auxiliary_losses(x, codes, atoms)["auxk"]
+    assert (loss > 0).all() and (loss < enc.aux_coeff * 2).all()  # normalised MSE × 1/32
+    loss.sum().backward()
+    weight_grad = enc.linear.weight.grad.abs().sum(dim=2)  # (R, L)
+    atoms_grad = model.decoder.weight.grad.abs().sum(dim=1)  # (R, L)
+    for grad in (weight_grad, atoms_grad):
+        assert (grad[~dead] == 0).all() and (grad[dead] > 0).any()
+    # ... and the main reconstruction's residual is its fixed target (no gradient through it)
+    enc.zero_grad()
+    codes = enc(x)
+    enc.tokens_since_fired.zero_()
+    enc.auxiliary_losses(x, codes, atoms)["auxk"].sum().backward()
+    assert enc.linear.weight.grad is None or (enc.linear.weight.grad == 0).all()
+
+
+def test_auxk_trains_end_to_end_with_its_term_in_the_total(tmp_path):
+    overrides = ["encoder=topk", "encoder.latents=32", "encoder.aux_k=4", "replicas=2",
+                 "encoder.aux_dead_tokens=2048", "steps=60"]  # fmt: skip
+    run(compose_config(overrides), tmp_path)
+    last = read_metrics(tmp_path)[-1]
+    assert read_summary(tmp_path)["status"] == "completed"
+    for split in ("train", "test"):
+        aux = last[f"loss/auxk/{split}"]["replicas"]
+        # after 60 steps some latent of some replica has idled for 2,048 tokens (0: none has)
+        assert all(0 <= value < 1 for value in aux) and any(value > 0 for value in aux)
+        for r in range(2):
+            expected = last[f"loss/mse/{split}"]["replicas"][r] + aux[r]
+            assert last[f"loss/total/{split}"]["replicas"][r] == pytest.approx(expected, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- BatchTopK

@@ -54,6 +54,8 @@ CASES += [
     pytest.param("sae", "unknown", ["encoder.latents=24"], id="sae-unknown-L24"),
     pytest.param("sparse_coding", "unknown", ["encoder.latents=10"], id="sc-unknown-L10"),
     pytest.param("topk", "unknown", ["encoder.latents=24", "encoder.k=5"], id="topk-unknown-L24"),
+    pytest.param("topk", "unknown", ["encoder.aux_k=4"], id="topk-unknown-auxk"),
+    pytest.param("batch_topk", "known_dictionary", ["encoder.aux_k=4"], id="btopk-kd-auxk"),
     pytest.param("gated", "unknown", ["encoder.bias=false"], id="gated-unknown-nobias"),
     pytest.param("jumprelu", "unknown", ["encoder.bias=true"], id="jumprelu-unknown-bias"),
     pytest.param("lista", "unknown", ["encoder.layers=0"], id="lista-unknown-T0"),

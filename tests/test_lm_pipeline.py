@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from lm_helpers import write_corpus, write_tiny_model
 
 from sparsegap import checkpoint
 from sparsegap.__main__ import run
+from sparsegap.config import ConfigError
 from sparsegap.data import activations
 
 # d = 32, 2 blocks; small contexts, batches and buffers, so a run takes a second or two.
@@ -142,6 +144,22 @@ def test_training_from_the_cache_equals_training_on_the_model(sources, cache, tm
     assert summary["config"]["data"]["input_scale"] == pytest.approx(source.input_scale)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["encoder=topk", "encoder.k=5000"], "encoder.k=5000 is invalid: must be between 1 and"),
+        (["encoder=batch_topk", "encoder.k=4", "encoder.aux_k=5000"], "encoder.aux_k=5000"),
+    ],
+)
+def test_latent_budgets_are_checked_once_d_is_known(sources, cache, tmp_path, extra, message):
+    # encoder.latents=null: expansion × d latents, known only once the cache is opened
+    cfg = lm_config(sources, [*extra, "encoder.latents=null", f"data.cache={cache}"])
+    latents = cfg.data.expansion * activations.read_manifest(cache)["dim"]
+    with pytest.raises(ConfigError, match=re.escape(message) + rf".* \({latents}\)"):
+        run(cfg, tmp_path)
+    assert read_metrics(tmp_path) == []  # not a single step was trained
+
+
 def test_jsonl_text_and_encoder_l1_warmup(sources, tmp_path):
     cfg = lm_config(
         sources,
@@ -199,11 +217,23 @@ class Interrupted(Exception):
     pass
 
 
-def test_interrupted_sae_run_resumes_from_the_model_stream(sources, tmp_path, monkeypatch):
-    # Live model activations this time: the resumed run replays the stream to its position.
-    extra = ["encoder=sae", "data.tokens=1536", "data.batch_tokens=32", "eval_every=4",
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        # Live model activations: the resumed run replays the stream to its position.
+        ["encoder=sae"],
+        # AuxK's count of tokens since each latent fired is restored with the checkpoint.
+        ["encoder=topk", "encoder.k=4", "encoder.aux_k=8", "encoder.aux_dead_tokens=64", "cache"],
+    ],
+    ids=["sae-model-stream", "topk-auxk-cache"],
+)
+def test_interrupted_run_resumes_identically(encoder, sources, cache, tmp_path, monkeypatch):
+    encoder = [f"data.cache={cache}" if o == "cache" else o for o in encoder]
+    extra = [*encoder, "data.tokens=1536", "data.batch_tokens=32", "eval_every=4",
              "checkpoint_every=512"]  # fmt: skip
     run(lm_config(sources, extra), tmp_path / "straight")
+    if "encoder.aux_k=8" in encoder:  # latents died, so the resumed run needs their counts
+        assert read_metrics(tmp_path / "straight")[-1]["loss/auxk/train"]["mean"] > 0
     from sparsegap import train as train_module
 
     original = train_module.Step.__call__
@@ -279,3 +309,20 @@ def test_gpu_paths_from_cache_and_model(sources, cache, tmp_path):
         assert read_summary(tmp_path / name)["status"] == "completed"
         first, last = records[0]["normalised_mse/test"], records[-1]["normalised_mse/test"]
         assert last["mean"] < first["mean"]
+
+
+def test_prefetching_keeps_order_and_a_consumer_that_stops_early_waits_for_the_producer():
+    import threading
+
+    def slow(n: int):
+        for i in range(n):
+            time.sleep(0.05)  # a model forward
+            yield i
+
+    assert list(activations._prefetched(slow(6), True)) == list(range(6))
+    stream = activations._prefetched(slow(1000), True)
+    assert next(stream) == 0
+    stream.close()  # e.g. the cache is full: the producer is inside its next forward
+    # Joined, not left running torch code into interpreter shutdown (which aborts the process)
+    alive = [t for t in threading.enumerate() if t.name == "activation-prefetch"]
+    assert alive == []

@@ -420,6 +420,9 @@ def shuffled(
         yield buffer[:filled][torch.randperm(filled, generator=generator).to(buffer.device)]
 
 
+_PRODUCER_JOIN_S = 120.0  # at most one model batch's forward (or one text read) to wait for
+
+
 def _prefetched(items: Iterator[Any], enabled: bool, depth: int = 4) -> Iterator[Any]:
     """``items`` produced by a background thread ``depth`` ahead (so the model forward overlaps
     the consumer), in the same order; exceptions are re-raised in the consumer."""
@@ -455,7 +458,12 @@ def _prefetched(items: Iterator[Any], enabled: bool, depth: int = 4) -> Iterator
                 raise item
             yield item
     finally:
+        # A consumer that stops early (the cache is full, the steps are done) leaves the
+        # producer inside a model forward: wait for it, so it never runs torch code while the
+        # interpreter shuts down (that aborts the process: "terminate called without an active
+        # exception"). It checks ``stop`` after each item.
         stop.set()
+        thread.join(timeout=_PRODUCER_JOIN_S)
 
 
 class _ToDevice:

@@ -73,9 +73,9 @@ class Encoder(nn.Module):
         ``loss/<name>``. ``atoms`` is the decoder (R, M, L), None when the scenario has none."""
         return {}
 
-    def auxiliary_flops(self, samples: int, decoder: bool) -> Flops:
+    def auxiliary_flops(self, samples: int, decoder: Decoder | None) -> Flops:
         """FLOPs of ``auxiliary_losses`` forward and backward in one training step, per replica
-        (``decoder``: whether the scenario has one)."""
+        (``decoder``: the scenario's, None when it has none)."""
         return Flops()
 
     def fast_step(

@@ -21,7 +21,8 @@ from sparsegap.flops import Flops, linear_forward, relu
 
 @register_encoder
 class BatchTopK(TopK):
-    """Same parameters, training FLOPs and L1 handling as TopK; only the selection differs."""
+    """Same parameters, training FLOPs, L1 handling and AuxK as TopK; only the selection
+    differs."""
 
     name = "batch_topk"
 
@@ -40,7 +41,7 @@ class BatchTopK(TopK):
         values, indices = flat.topk(self.k * samples, dim=1, sorted=False)
         if torch.is_grad_enabled():
             self._update_threshold(values.detach())
-        return flat.new_zeros(flat.shape).scatter(1, indices, values).view_as(pre)
+        return self._track(pre, flat.new_zeros(flat.shape).scatter(1, indices, values).view_as(pre))
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:

@@ -20,12 +20,17 @@ In ``known_codes`` (no decoder) neither term exists and only the magnitude path 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, reconstruction_loss
+
+if TYPE_CHECKING:
+    from sparsegap.decoder import Decoder
 
 
 @register_encoder
@@ -89,8 +94,8 @@ class Gated(Encoder):
             elementwise=(6 + 2 * self.cfg.bias) * lb
         )
 
-    def auxiliary_flops(self, samples: int, decoder: bool) -> Flops:
-        if not decoder:
+    def auxiliary_flops(self, samples: int, decoder: Decoder | None) -> Flops:
+        if decoder is None:
             return Flops()
         # ReLU(π_gate) and its L1 (forward, backward), plus a reconstruction through the frozen
         # decoder: the same count as the main loss without a dictionary gradient.

@@ -2,15 +2,28 @@
 
 Sparsity is enforced by the activation itself, so the scenario's L1 term is logged but not
 added to the loss. ``encoder.k`` defaults to ``data.K`` (resolved by ``fill_defaults``).
+
+AuxK (``encoder.aux_k`` > 0, Gao et al. 2024 §A.2): a latent is dead when it has not fired in
+the last ``encoder.aux_dead_tokens`` training tokens. The dead latents' ``aux_k`` largest
+activations per sample reconstruct the residual x − D·codes of the main reconstruction (held
+fixed); ``aux_coeff`` × that reconstruction's MSE over the residual's variance is the auxiliary
+term ``loss/auxk`` (0 while none is dead). Its gradient reaches only dead latents' encoder rows
+and atoms, so latents that stopped firing are pulled back towards what the live ones miss.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import torch
 from torch import Tensor
 
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
-from sparsegap.flops import Flops, linear_backward, linear_forward, relu
+from sparsegap.flops import Flops, linear_backward, linear_forward, reconstruction_loss, relu
+
+if TYPE_CHECKING:
+    from sparsegap.decoder import Decoder
 
 
 def resolved_k(cfg) -> int:
@@ -31,12 +44,59 @@ class TopK(Encoder):
         super().__init__(cfg, **kw)
         self.k = resolved_k(cfg)
         self.linear = ReplicaLinear(self.dim, self.latents, kw["generators"], bias=cfg.bias)
+        self.aux_k = int(cfg.get("aux_k", 0))
+        if self.aux_k:
+            self.aux_coeff = float(cfg.aux_coeff)
+            self.aux_dead_tokens = int(cfg.aux_dead_tokens)
+            # Training tokens since each latent last fired (R, L): a buffer, so a checkpoint
+            # keeps it and a resumed run treats the same latents as dead.
+            zeros = torch.zeros(self.replicas, self.latents, dtype=torch.long)
+            self.register_buffer("tokens_since_fired", zeros)
+        self._saved: tuple[Tensor, Tensor] | None = None  # (codes, ReLU(W·x)) of the last step
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         pre = self.linear(x).relu()
         values, indices = pre.topk(self.k, dim=1, sorted=False)
         # Out-of-place scatter: autograd routes the gradient to the kept entries only.
-        return pre.new_zeros(pre.shape).scatter(1, indices, values)
+        return self._track(pre, pre.new_zeros(pre.shape).scatter(1, indices, values))
+
+    def _track(self, pre: Tensor, codes: Tensor) -> Tensor:
+        """With AuxK, in training steps (gradients enabled; evaluation runs without): count the
+        tokens since each latent fired and keep ``pre`` for ``auxiliary_losses``."""
+        if self.aux_k and torch.is_grad_enabled():
+            with torch.no_grad():
+                fired = (codes > 0).any(dim=2)
+                self.tokens_since_fired.add_(codes.shape[2]).masked_fill_(fired, 0)
+            self._saved = (codes, pre)
+        return codes
+
+    def auxiliary_losses(self, x: Tensor, codes: Tensor, atoms: Tensor | None) -> dict[str, Tensor]:
+        if not self.aux_k or atoms is None:
+            return {}
+        saved, self._saved = self._saved, None
+        # ReLU(W·x) of the forward pass that produced these codes, recomputed for other codes.
+        pre = saved[1] if saved is not None and saved[0] is codes else self.linear(x).relu()
+        dead = self.tokens_since_fired >= self.aux_dead_tokens  # (R, L)
+        candidates = pre * dead.unsqueeze(2)  # live latents' activations are 0: never above
+        values, indices = candidates.topk(self.aux_k, dim=1, sorted=False)
+        aux_codes = candidates.new_zeros(candidates.shape).scatter(1, indices, values)
+        with torch.no_grad():  # the main reconstruction's residual is the fixed target
+            residual = (x - torch.bmm(atoms, codes)).float()
+        error = torch.bmm(atoms, aux_codes).float() - residual
+        variance = (residual - residual.mean(dim=2, keepdim=True)).square().mean(dim=(1, 2))
+        nmse = error.square().mean(dim=(1, 2)) / variance.clamp_min(torch.finfo(torch.float).tiny)
+        return {"auxk": self.aux_coeff * torch.where(dead.any(dim=1), nmse, 0.0)}
+
+    def auxiliary_flops(self, samples: int, decoder: Decoder | None) -> Flops:
+        if not self.aux_k or decoder is None:
+            return Flops()
+        # The residual's decode (no gradient), masking, selection and scatter of the dead
+        # latents, then a reconstruction loss like the main one, plus the residual's variance.
+        forward, backward = reconstruction_loss(self.latents, self.dim, samples, decoder.learned)
+        residual = linear_forward(self.latents, self.dim, samples) + Flops(
+            elementwise=4 * self.dim * samples + 2 * self.latents * samples + self.aux_k * samples
+        )
+        return residual + forward + backward
 
     def forward_flops(self, samples: int) -> Flops:
         # linear, ReLU, selection (about one comparison per pre-activation), scatter.
