@@ -6,9 +6,11 @@ added to the loss. ``encoder.k`` defaults to ``data.K`` (resolved by ``fill_defa
 AuxK (``encoder.aux_k`` > 0, Gao et al. 2024 §A.2): a latent is dead when it has not fired in
 the last ``encoder.aux_dead_tokens`` training tokens. The dead latents' ``aux_k`` largest
 activations per sample reconstruct the residual x − D·codes of the main reconstruction (held
-fixed); ``aux_coeff`` × that reconstruction's MSE over the residual's variance is the auxiliary
-term ``loss/auxk`` (0 while none is dead). Its gradient reaches only dead latents' encoder rows
-and atoms, so latents that stopped firing are pulled back towards what the live ones miss.
+fixed). The auxiliary term ``loss/auxk`` (0 while none is dead) is ``aux_coeff`` × that
+reconstruction's MSE over the residual's variance, times x's variance: Gao et al. weigh it
+against the normalised MSE, the loss here is the plain MSE. Its gradient reaches only dead
+latents' encoder rows and atoms, pulling latents that stopped firing towards what the live ones
+miss.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def resolved_k(cfg) -> int:
             ".fill_defaults sets it to data.K) or set encoder.k"
         )
     return int(cfg.k)
+
+
+def _variance(x: Tensor) -> Tensor:
+    """Mean squared deviation from the batch mean of columns x (..., M, B): the MSE of
+    predicting the mean sample, per leading index."""
+    return (x - x.mean(dim=-1, keepdim=True)).square().mean(dim=(-2, -1))
 
 
 @register_encoder
@@ -82,19 +90,22 @@ class TopK(Encoder):
         aux_codes = candidates.new_zeros(candidates.shape).scatter(1, indices, values)
         with torch.no_grad():  # the main reconstruction's residual is the fixed target
             residual = (x - torch.bmm(atoms, codes)).float()
+            # Gao et al. weigh α·NMSE(residual) against the NMSE of x; the loss here is the
+            # plain MSE of x, so the term is scaled by x's variance to keep their trade-off.
+            scale = _variance(x.float()) / _variance(residual).clamp_min(torch.finfo().tiny)
         error = torch.bmm(atoms, aux_codes).float() - residual
-        variance = (residual - residual.mean(dim=2, keepdim=True)).square().mean(dim=(1, 2))
-        nmse = error.square().mean(dim=(1, 2)) / variance.clamp_min(torch.finfo(torch.float).tiny)
-        return {"auxk": self.aux_coeff * torch.where(dead.any(dim=1), nmse, 0.0)}
+        aux = self.aux_coeff * scale * error.square().mean(dim=(-2, -1))
+        return {"auxk": torch.where(dead.any(dim=1), aux, 0.0)}
 
     def auxiliary_flops(self, samples: int, decoder: Decoder | None) -> Flops:
         if not self.aux_k or decoder is None:
             return Flops()
         # The residual's decode (no gradient), masking, selection and scatter of the dead
-        # latents, then a reconstruction loss like the main one, plus the residual's variance.
+        # latents, then a reconstruction loss like the main one, plus x's and the residual's
+        # variances.
         forward, backward = reconstruction_loss(self.latents, self.dim, samples, decoder.learned)
         residual = linear_forward(self.latents, self.dim, samples) + Flops(
-            elementwise=4 * self.dim * samples + 2 * self.latents * samples + self.aux_k * samples
+            elementwise=7 * self.dim * samples + 2 * self.latents * samples + self.aux_k * samples
         )
         return residual + forward + backward
 
