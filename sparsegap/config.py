@@ -202,8 +202,9 @@ class TopKConfig(EncoderConfig):
     name: str = "topk"
     k: int | None = None  # active latents per sample; null = data.K
     # AuxK (Gao et al. 2024, §A.2): the dead latents' aux_k largest activations reconstruct the
-    # residual x − D·codes; aux_coeff × its MSE, normalised by the residual's, is added to the
-    # loss. Revives latents that stopped firing. 0 = off (the paper's and issue 4's TopK).
+    # residual x − D·codes; aux_coeff × its MSE over the residual's variance, × x's variance, is
+    # added to the loss (sparsegap/encoders/topk.py). Revives latents that stopped firing.
+    # 0 = off, as in the paper.
     aux_k: int = 0  # dead latents kept per sample (Gao et al.: d/2, e.g. 384 for GPT-2 small)
     aux_coeff: float = 0.03125  # weight α of the AuxK term (Gao et al.: 1/32)
     aux_dead_tokens: int = 10_000_000  # dead: not fired in this many training tokens (samples)
