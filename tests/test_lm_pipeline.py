@@ -326,3 +326,18 @@ def test_prefetching_keeps_order_and_a_consumer_that_stops_early_waits_for_the_p
     # Joined, not left running torch code into interpreter shutdown (which aborts the process)
     alive = [t for t in threading.enumerate() if t.name == "activation-prefetch"]
     assert alive == []
+
+
+@pytest.mark.parametrize("harvest", [True, False], ids=["cache-build", "training"])
+def test_text_running_out_is_a_config_error_and_keeps_what_was_done(sources, tmp_path, harvest):
+    extra = ["data.tokens=10_000_000", "eval_every=16"]
+    if harvest:
+        extra += ["+cache=build", f"cache.dir={tmp_path / 'cache'}", "cache.flush_tokens=1000"]
+    with pytest.raises(ConfigError, match=r"data\.tokens=10000000 is invalid: the text ran out"):
+        run(lm_config(sources, extra), tmp_path / "run")
+    if harvest:  # a resumable partial cache: more text and the same command go on from here
+        manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+        assert manifest["tokens"] > 0 and not manifest["complete"]
+    else:  # the steps trained so far are logged and the run is marked failed
+        assert read_summary(tmp_path / "run")["status"] == "failed"
+        assert [r["step"] for r in read_metrics(tmp_path / "run")][:2] == [0, 16]

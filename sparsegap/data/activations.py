@@ -322,7 +322,7 @@ def build_cache(cfg: DictConfig, progress: bool = False) -> dict[str, Any]:
         if written == target:
             break
     if written < target:
-        raise ValueError(
+        raise ConfigError(  # the manifest holds what was written: a rerun with more text goes on
             f"data.tokens={d.tokens} is invalid: the text ran out after {written:,} activation"
             f" tokens (data.test_tokens={d.test_tokens} included); add text or lower data.tokens"
         )
@@ -375,8 +375,12 @@ def fill_lm_defaults(d: DictConfig) -> None:
         )
 
 
-def _truncated(rows: Iterator[tuple[Tensor, int]], total: int) -> Iterator[Tensor]:
-    seen = 0
+def _truncated(
+    rows: Iterator[tuple[Tensor, int]], test_tokens: int, tokens: int
+) -> Iterator[Tensor]:
+    """The first ``test_tokens + tokens`` rows; fewer is a ConfigError (a training run stops
+    there, marked failed, with what it logged)."""
+    total, seen = test_tokens + tokens, 0
     for block, _ in rows:
         if seen >= total:
             return
@@ -384,9 +388,10 @@ def _truncated(rows: Iterator[tuple[Tensor, int]], total: int) -> Iterator[Tenso
         seen += block.shape[0]
         yield block
     if seen < total:
-        raise ValueError(
-            f"data.tokens is too large: the text ran out after {seen:,} activation tokens"
-            f" ({total:,} asked, data.test_tokens included); add text or lower data.tokens"
+        raise ConfigError(
+            f"data.tokens={tokens} is invalid: the text ran out after {seen:,}"
+            f" activation tokens ({total:,} asked, data.test_tokens={test_tokens} included);"
+            " add text or lower data.tokens"
         )
 
 
@@ -519,7 +524,7 @@ class ActivationSource:
     def open(self, skip: int = 0) -> tuple[Tensor, Iterator[Tensor]]:
         d = self.d
         generator = torch.Generator().manual_seed(d.seed)
-        blocks = _truncated(self._rows(), d.test_tokens + d.tokens)
+        blocks = _truncated(self._rows(), d.test_tokens, d.tokens)
         blocks = shuffled(blocks, d.shuffle_tokens, generator)
         stream = _split(blocks, d.test_tokens, d.batch_tokens)
         test = next(stream)
