@@ -674,7 +674,8 @@ def check_latent_budgets(cfg: DictConfig) -> None:
         latents = latents_of(cfg)
         fits = e.aux_k >= 0 and (latents is None or e.aux_k <= latents)
         top = "" if latents is None else f" ({latents})"
-        _need(fits, "encoder.aux_k", e.aux_k, f"must be between 0 (off) and the latents{top}")
+        allowed = f"must be between 0 (off) and the number of latents{top}"
+        _need(fits, "encoder.aux_k", e.aux_k, allowed)
     inf = e.get("inference")
     if inf is not None and (inf.k is not None or (is_lm(cfg) and inf.name in ("mp", "omp", "gp"))):
         _check_k(cfg, "encoder.inference.k", inf.k)
