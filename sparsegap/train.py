@@ -214,11 +214,16 @@ def evaluate(model: Model, step: int, train_flops: Flops, started: float, traine
         record[f"l0/{split}"] = metrics.l0(codes).tolist()
         record[f"l1/{split}"] = metrics.l1(codes).tolist()
     record["dead_latents/test"] = metrics.dead_latents(codes_test).tolist()
+    record.update(_state_metrics(encoder))
     if model.true_coherence is not None:
         for kind, value in model.true_coherence.items():
             record[f"data/coherence_{kind}"] = value
     _check_finite(record, "loss/total/train", step)
     return record
+
+
+def _state_metrics(encoder: Encoder) -> Record:
+    return {name: value.double().tolist() for name, value in encoder.state_metrics().items()}
 
 
 def _check_finite(record: Record, key: str, step: int) -> None:
@@ -270,6 +275,7 @@ def evaluate_activations(
     dead = metrics.dead_in_window(trainer.last_fired, tokens, cfg.metrics.dead_window)
     record["dead_latents/window"] = dead.tolist()
     record["dead_latents_fraction/window"] = (dead / encoder.latents).tolist()
+    record.update(_state_metrics(encoder))
     trainer.density = fired / x_test.shape[1]  # for the tracker's histogram
     _check_finite(record, "loss/total/test", step)
     return record

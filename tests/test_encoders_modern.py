@@ -209,6 +209,9 @@ def test_auxk_trains_end_to_end_with_its_term_in_the_total(tmp_path):
     run(compose_config(overrides), tmp_path)
     last = read_metrics(tmp_path)[-1]
     assert read_summary(tmp_path)["status"] == "completed"
+    # Logged with every evaluation: the latents AuxK counts dead, from the checkpointed count
+    since = torch.load(tmp_path / "model.pt")["encoder"]["tokens_since_fired"]
+    assert last["dead_latents/auxk"]["replicas"] == (since >= 2048).sum(dim=1).tolist()
     for split in ("train", "test"):
         aux = last[f"loss/auxk/{split}"]["replicas"]
         # after 60 steps some latent of some replica has idled for 2,048 tokens (0: none has)
@@ -233,10 +236,15 @@ def test_batch_topk_keeps_exactly_k_times_B_per_replica_in_training():
         assert ((codes != 0).sum(dim=(1, 2)) == k * samples).all()
         per_sample = (codes != 0).sum(dim=1)
         assert per_sample.min() < k < per_sample.max()  # adaptive per sample, k on average
-    # The threshold estimate is per replica, positive, and saved with the model.
+    # The threshold estimate is per replica, positive, saved with the model and logged.
     assert (encoder.threshold > 0).all()
     assert len(set(encoder.threshold.flatten().tolist())) == 3
     assert "threshold" in encoder.state_dict()
+    assert (
+        encoder.state_metrics()["batch_topk/threshold"].tolist()
+        == encoder.threshold.flatten().tolist()
+    )
+    assert "dead_latents/auxk" not in encoder.state_metrics()  # AuxK off
 
 
 def test_batch_topk_threshold_tracks_the_smallest_kept_activation():

@@ -7,8 +7,9 @@ the FLOPs of each next to them. Nothing else: losses live in scenarios, the loop
 except for two hooks by which an encoder adapts the scenario's reconstruction loss to its own
 training objective: ``l1_penalty`` (whether the scenario's L1 term is added; it is always logged)
 and ``auxiliary_losses`` (extra named terms added to the total and logged as ``loss/<name>``),
-and one by which a gradient-free encoder (dictionary learning) replaces the Adam step with its own
-update: ``train_step`` (with ``train_step_flops``). Encoders may also offer ``fast_step``: the same
+one by which it reports its own training state (``state_metrics``), and one by which a
+gradient-free encoder (dictionary learning) replaces the Adam step with its own update:
+``train_step`` (with ``train_step_flops``). Encoders may also offer ``fast_step``: the same
 training step as autograd would take on a reconstruction loss, written out by hand.
 """
 
@@ -77,6 +78,11 @@ class Encoder(nn.Module):
         """FLOPs of ``auxiliary_losses`` forward and backward in one training step, per replica
         (``decoder``: the scenario's, None when it has none)."""
         return Flops()
+
+    def state_metrics(self) -> dict[str, Tensor]:
+        """Per-replica (R,) values of the encoder's own training state, logged under their names
+        with every evaluation (e.g. how many latents AuxK counts dead). None by default."""
+        return {}
 
     def fast_step(
         self,

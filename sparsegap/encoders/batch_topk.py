@@ -54,6 +54,9 @@ class BatchTopK(TopK):
         weight = torch.clamp(1 / self.threshold_updates, min=self.momentum)
         self.threshold.lerp_(smallest, weight)
 
+    def state_metrics(self) -> dict[str, Tensor]:
+        return {**super().state_metrics(), "batch_topk/threshold": self.threshold.flatten()}
+
     @torch.no_grad()
     def infer(self, x: Tensor, atoms: Tensor) -> Tensor:
         pre = self.linear(x).relu()

@@ -97,6 +97,12 @@ class TopK(Encoder):
         aux = self.aux_coeff * scale * error.square().mean(dim=(-2, -1))
         return {"auxk": torch.where(dead.any(dim=1), aux, 0.0)}
 
+    def state_metrics(self) -> dict[str, Tensor]:
+        if not self.aux_k:
+            return {}
+        # The latents AuxK trains now: the count that tells whether its window suits the data.
+        return {"dead_latents/auxk": (self.tokens_since_fired >= self.aux_dead_tokens).sum(dim=1)}
+
     def auxiliary_flops(self, samples: int, decoder: Decoder | None) -> Flops:
         if not self.aux_k or decoder is None:
             return Flops()
