@@ -15,7 +15,7 @@ training step as autograd would take on a reconstruction loss, written out by ha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -56,6 +56,19 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dim, self.latents, self.replicas = dim, latents, len(generators)
+        self._kept: tuple[Tensor, Tensor] | None = None  # see _keep
+
+    def _keep(self, codes: Tensor, intermediate: Tensor) -> Tensor:
+        """Remember an intermediate of the forward pass that produced ``codes`` (returned), so
+        ``auxiliary_losses`` need not recompute it (see ``_kept_for``)."""
+        self._kept = (codes, intermediate)
+        return codes
+
+    def _kept_for(self, codes: Tensor, recompute: Callable[[], Tensor]) -> Tensor:
+        """The intermediate kept with these very codes (taken once, so the graph is freed), or
+        ``recompute()`` when the codes came from elsewhere (e.g. ``infer``)."""
+        kept, self._kept = self._kept, None
+        return kept[1] if kept is not None and kept[0] is codes else recompute()
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """Training-time codes (R, L, B) for x (M, B); ``index`` selects training samples for

@@ -46,7 +46,6 @@ class Gated(Encoder):
         self.r_mag = nn.Parameter(torch.zeros(shape))
         self.b_gate = nn.Parameter(torch.zeros(shape)) if cfg.bias else None
         self.b_mag = nn.Parameter(torch.zeros(shape)) if cfg.bias else None
-        self._saved: tuple[Tensor, Tensor] | None = None  # (codes, π_gate) of the last forward
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shared = self.linear(x)
@@ -58,17 +57,14 @@ class Gated(Encoder):
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         gate, magnitude = self._paths(x)
-        codes = magnitude.relu() * (gate > 0)
-        self._saved = (codes, gate)
-        return codes
+        return self._keep(magnitude.relu() * (gate > 0), gate)
 
     def auxiliary_losses(self, x: Tensor, codes: Tensor, atoms: Tensor | None) -> dict[str, Tensor]:
         if atoms is None:
             return {}
-        saved, self._saved = self._saved, None
         # π_gate of the forward pass that produced these codes (W·x is not recomputed in
         # training); recomputed when the codes came from elsewhere.
-        gate = saved[1] if saved is not None and saved[0] is codes else self._paths(x)[0]
+        gate = self._kept_for(codes, lambda: self._paths(x)[0])
         active = gate.relu()
         residual = torch.baddbmm(
             x.expand(atoms.shape[0], *x.shape), atoms.detach(), active, beta=-1

@@ -90,7 +90,6 @@ class JumpReLU(Encoder):
         log_threshold = torch.full((self.replicas, self.latents, 1), math.log(cfg.init_threshold))
         self.log_threshold = nn.Parameter(log_threshold)
         self.bandwidth = float(cfg.bandwidth)
-        self._saved: tuple[Tensor, Tensor] | None = None  # (codes, pre) of the last forward
 
     @property
     def threshold(self) -> Tensor:
@@ -98,17 +97,14 @@ class JumpReLU(Encoder):
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         pre = self.linear(x)
-        codes = _JumpReLU.apply(pre, self.threshold, self.bandwidth)
-        self._saved = (codes, pre)
-        return codes
+        return self._keep(_JumpReLU.apply(pre, self.threshold, self.bandwidth), pre)
 
     def auxiliary_losses(self, x: Tensor, codes: Tensor, atoms: Tensor | None) -> dict[str, Tensor]:
         if atoms is None:
             return {}
-        saved, self._saved = self._saved, None
         # The pre-activations of the forward pass that produced these codes (no second matmul
         # in training); recomputed when the codes came from elsewhere.
-        pre = saved[1] if saved is not None and saved[0] is codes else self.linear(x)
+        pre = self._kept_for(codes, lambda: self.linear(x))
         active = _Step.apply(pre.detach(), self.threshold, self.bandwidth)
         return {"l0": self.cfg.l0_coeff * active.mean(dim=(1, 2))}
 

@@ -60,7 +60,6 @@ class TopK(Encoder):
             # keeps it and a resumed run treats the same latents as dead.
             zeros = torch.zeros(self.replicas, self.latents, dtype=torch.long)
             self.register_buffer("tokens_since_fired", zeros)
-        self._saved: tuple[Tensor, Tensor] | None = None  # (codes, ReLU(W·x)) of the last step
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         pre = self.linear(x).relu()
@@ -71,20 +70,23 @@ class TopK(Encoder):
     def _track(self, pre: Tensor, codes: Tensor) -> Tensor:
         """With AuxK, in training steps (gradients enabled; evaluation runs without): count the
         tokens since each latent fired and keep ``pre`` for ``auxiliary_losses``."""
-        if self.aux_k and torch.is_grad_enabled():
-            with torch.no_grad():
-                fired = (codes > 0).any(dim=2)
-                self.tokens_since_fired.add_(codes.shape[2]).masked_fill_(fired, 0)
-            self._saved = (codes, pre)
-        return codes
+        if not (self.aux_k and torch.is_grad_enabled()):
+            return codes
+        with torch.no_grad():
+            fired = (codes > 0).any(dim=2)
+            self.tokens_since_fired.add_(codes.shape[2]).masked_fill_(fired, 0)
+        return self._keep(codes, pre)
+
+    def _dead(self) -> Tensor:
+        """(R, L): the latents AuxK counts dead (not fired in its window)."""
+        return self.tokens_since_fired >= self.aux_dead_tokens
 
     def auxiliary_losses(self, x: Tensor, codes: Tensor, atoms: Tensor | None) -> dict[str, Tensor]:
         if not self.aux_k or atoms is None:
             return {}
-        saved, self._saved = self._saved, None
         # ReLU(W·x) of the forward pass that produced these codes, recomputed for other codes.
-        pre = saved[1] if saved is not None and saved[0] is codes else self.linear(x).relu()
-        dead = self.tokens_since_fired >= self.aux_dead_tokens  # (R, L)
+        pre = self._kept_for(codes, lambda: self.linear(x).relu())
+        dead = self._dead()
         candidates = pre * dead.unsqueeze(2)  # live latents' activations are 0: never above
         values, indices = candidates.topk(self.aux_k, dim=1, sorted=False)
         aux_codes = candidates.new_zeros(candidates.shape).scatter(1, indices, values)
@@ -101,7 +103,7 @@ class TopK(Encoder):
         if not self.aux_k:
             return {}
         # The latents AuxK trains now: the count that tells whether its window suits the data.
-        return {"dead_latents/auxk": (self.tokens_since_fired >= self.aux_dead_tokens).sum(dim=1)}
+        return {"dead_latents/auxk": self._dead().sum(dim=1)}
 
     def auxiliary_flops(self, samples: int, decoder: Decoder | None) -> Flops:
         if not self.aux_k or decoder is None:
