@@ -67,7 +67,8 @@ bench-gpu:
 # others, e.g. openai's compiled ones), then bench-gpu with the per-kernel profile of the fastest
 # fused step.
 # On a machine without the .venv: `make bench-gpu-site` first, where pip works, and bring
-# .bench-site along. ARGS go to bench_gpu (e.g. ARGS='--only "fused step,MLP" --budget 200').
+# .bench-site along. ARGS go to bench_gpu (labels to run or skip, '|'-separated, e.g.
+# ARGS='--only "fused step|MLP" --skip compile --budget 200').
 gpu-check:
 	@py="$(CUDA_PY)"; test -n "$$py" || { echo "gpu-check: no Python here whose torch sees a CUDA GPU"; exit 2; }; \
 	echo "gpu-check: $$py"; status=0; \

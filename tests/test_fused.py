@@ -140,3 +140,31 @@ def test_fused_step_in_bf16_on_a_gpu():
     plain()
     torch.cuda.synchronize()
     assert (plain.decoder() - inner.decoder()).abs().max() < 1e-2
+
+
+def test_autotuning_skips_tiles_that_cannot_fit_shared_memory():
+    from sparsegap.fused.code_grad import _configs, fitting
+
+    def shapes(configs):
+        return {
+            (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages,
+             c.kwargs.get("SUBTILE"))
+            for c in configs
+        }  # fmt: skip
+
+    h100 = 232_448  # bytes a block may opt in to
+    persistent = _configs(tma=True, persistent=True)
+    kept = shapes(fitting(persistent, 2, h100, staged=True, pointer=False))
+    # bf16, 4 stages of 128×64 + 64×256 tiles (192 KiB) + the whole 128×256 epilogue tile
+    # (64 KiB) cannot fit; with the epilogue in halves (32 KiB) it can
+    assert (128, 256, 64, 4, False) not in kept and (128, 256, 64, 4, True) in kept
+    assert len(kept) < len(shapes(persistent))
+    # fp32 doubles every tile: 3 TMA stages of 128×64 + 64×256 (288 KiB) cannot fit, but the
+    # pointer kernel's 2 buffers for the same 3 stages (192 KiB) can
+    tma = _configs(tma=True)
+    assert (128, 256, 64, 3, None) not in shapes(fitting(tma, 4, h100, staged=False, pointer=False))
+    assert (128, 256, 64, 3, None) in shapes(fitting(tma, 4, h100, staged=False, pointer=True))
+    # nothing fits: the smallest configuration is kept, so the autotuner still has one
+    (only,) = fitting(tma, 4, 1024, staged=True, pointer=False)
+    # 4 stages × (128×64 + 64×128) elements: the fewest of the list
+    assert shapes([only]) == {(128, 128, 64, 4, None)}

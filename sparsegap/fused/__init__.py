@@ -16,8 +16,10 @@ anyway:
   epilogue — one read of the codes instead of three extra passes.
 - ``adam_``, ``adam_atoms_``, ``matmul_adam_`` (``adam``): Adam in fp32 (exactly
   ``torch.optim.Adam``'s update) that writes the parameter's bf16 copy in the same pass; for the
-  decoder, renormalises the atoms in it too; for the encoder, optionally in its gradient GEMM's
-  epilogue. The step count lives on the device (CUDA-graph safe).
+  decoder, adds up the atoms' squared norms for ``renormalise_`` (or renormalises them in the
+  same pass, ``adam_atoms_``: the faster choice for atoms in rows, not in columns); for the
+  encoder, optionally in its gradient GEMM's epilogue. The step count lives on the device
+  (CUDA-graph safe).
 
 Layout: token-major (one row per token), as cuBLAS and the activation cache prefer: codes and
 their gradient (B, L), the encoder weight (L, d), the decoder (d, L) with one atom per column.
@@ -82,8 +84,12 @@ class SAETrainer:
     the train statistics from ``masked_grad``, and the Adam update on the framework optimiser's
     own moments and step counts (so checkpoints and resumption are unchanged).
 
-    It keeps a normalised decoder's atoms at unit norm itself (``adam_atoms_``: renormalised in
-    the Adam pass, so the caller must not renormalise before each step). When the weights change
+    It keeps a normalised decoder's atoms at unit norm itself (``adam_`` adds up the updated
+    atoms' squared norms, ``renormalise_`` divides by them and writes the copy, so the caller
+    must not renormalise before each step). Not ``adam_atoms_``' single pass: over atoms in
+    columns (this layout) its programs read 16-byte row segments, and the whole step ran 0.18 ms
+    slower with it on an H100 (`make bench-gpu`, "fused (TMA, one-pass Adam)" against "fused
+    step (TMA)": 2.05 against 2.25 M tokens/s). When the weights change
     outside it (a checkpoint loaded, an evaluation's ``renormalise_``: torch counts in-place
     writes in ``Tensor._version``, its kernels' writes are not counted), the next step first
     renormalises and refreshes the copies. It takes the same steps as the framework's autograd
@@ -105,6 +111,7 @@ class SAETrainer:
         self.zero_bias = torch.zeros(latents, device=weight.device, dtype=low)
         self.count = torch.zeros(replicas, 1, device=weight.device, dtype=torch.int32)
         self.sums = torch.zeros(replicas, latents, device=weight.device)
+        self.sumsq = torch.zeros(replicas, latents, device=weight.device)  # the atoms' norms²
         size = torch.finfo(low).bits // 8
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
         # masked_grad's TMA kernel or its persistent form: None times both once (per shape)
@@ -161,10 +168,16 @@ class SAETrainer:
                       eps, low=encoder_low)  # fmt: skip
             if self.learned:
                 i = self.slots[1]
-                update = adam_atoms_ if self.normalised else adam_
-                update(self.atoms[r], residual.T @ codes, opt.exp_avg[i][r],
-                       opt.exp_avg_sq[i][r], opt.steps[i], opt.lr, betas=betas, eps=eps,
-                       low=atoms_low)  # fmt: skip
+                moments = opt.exp_avg[i][r], opt.exp_avg_sq[i][r]
+                grad = residual.T @ codes
+                if self.normalised:
+                    sumsq = self.sumsq[r].zero_()
+                    adam_(self.atoms[r], grad, *moments, opt.steps[i], opt.lr, betas, eps,
+                          sumsq=sumsq)  # fmt: skip
+                    renormalise_(self.atoms[r], atoms_low, sumsq)
+                else:
+                    adam_(self.atoms[r], grad, *moments, opt.steps[i], opt.lr, betas, eps,
+                          low=atoms_low)  # fmt: skip
             if mse is not None:
                 mse[r] = residual_mse(residual, scale)
         if mse is None:

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsegap.fused.code_grad import grouped_tile
+from sparsegap.fused.code_grad import fits_shared_memory, grouped_tile
 
 
 def _check_contiguous(caller: str, shape: tuple[int, int], *tensors: Tensor | None) -> None:
@@ -186,7 +186,9 @@ def adam_atoms_(
     dim, count = (rows, cols) if axis == 0 else (cols, rows)
     block_d = triton.next_power_of_2(dim)
     # Atoms in columns, d = 768: programs read 16-byte row segments, the neighbouring
-    # program the rest of each 32-byte sector (from L2: the two run side by side).
+    # program the rest of each 32-byte sector. Measured on an H100 (768 × 24,576), this pass
+    # cost about 0.18 ms more than adam_ with sumsq + renormalise_; over atoms in rows it runs
+    # at HBM speed (177 µs). SAETrainer (atoms in columns) takes the two kernels.
     block_a = max(1, _ATOM_TILE // block_d)
     if block_d > _ATOM_TILE:
         sumsq = torch.zeros(count, device=atoms.device)
@@ -270,6 +272,7 @@ def _adam_halves(
 # restore_value: autotuning's trial runs must leave the parameter and its moments as they were.
 @triton.autotune(
     configs=_matmul_adam_configs(),
+    prune_configs_by={"early_config_prune": fits_shared_memory},
     key=["M", "N", "K", "PRECISION"],
     restore_value=["p_ptr", "m_ptr", "v_ptr", "low_ptr"],
 )

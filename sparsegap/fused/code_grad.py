@@ -51,6 +51,44 @@ def _configs(tma: bool, persistent: bool = False) -> list[triton.Config]:
     ]
 
 
+def fits_shared_memory(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list:
+    """The autotuner's early pruning: drop the configurations whose tiles cannot fit the GPU's
+    shared memory (each would be compiled only to fail at launch). Tensor-core GEMMs only:
+    fp32 "ieee" dots run on the CUDA cores with their operands staged otherwise (on an H100,
+    pruned by this estimate, the pointer kernel kept only fp32 configurations that failed at
+    launch, and one it dropped runs), so fp32 configurations all stay."""
+    first = next(iter(named_args.values()))  # a tensor or a TensorDescriptor over one
+    tensor = getattr(first, "base", first)
+    if not isinstance(tensor, Tensor) or tensor.device.type != "cuda":
+        return configs  # the interpreter: nothing to compile
+    if kwargs.get("PRECISION") == "ieee":
+        return configs
+    limit = torch.cuda.get_device_properties(tensor.device).shared_memory_per_block_optin
+    # The code-gradient TMA kernels stage their epilogue tiles; pointer loads need one buffer
+    # fewer than num_stages (the TMA pipelines hold num_stages).
+    staged = "codes_desc" in named_args
+    pointer = not any(name.endswith("_desc") for name in named_args)
+    return fitting(configs, tensor.element_size(), limit, staged, pointer)
+
+
+def fitting(
+    configs: list[triton.Config], size: int, limit: int, staged: bool, pointer: bool
+) -> list[triton.Config]:
+    """The configurations whose estimated shared memory fits ``limit`` bytes: the main loop's
+    buffers (A tile + B tile, ``size``-byte elements) and, if ``staged``, the epilogue tile. The
+    estimate only under-counts what the compiler allocates, so nothing that fits is dropped;
+    where none fits, the smallest is kept (the autotuner needs one)."""
+
+    def needed(config: triton.Config) -> int:
+        m, n, k = (config.kwargs[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+        buffers = max(1, config.num_stages - (1 if pointer else 0))
+        tile = m * n // (2 if config.kwargs.get("SUBTILE") else 1) if staged else 0
+        return (buffers * (m * k + k * n) + tile) * size
+
+    kept = [c for c in configs if needed(c) <= limit]
+    return kept or [min(configs, key=needed)]
+
+
 def _set_blocks(args: dict) -> None:
     """Give the TMA descriptors the block shapes of the configuration being run."""
     m, n, k = args["BLOCK_M"], args["BLOCK_N"], args["BLOCK_K"]
@@ -97,6 +135,7 @@ def _epilogue_stats(codes, active, rn, N, count_ptr, sums_ptr):
 # restore_value: the statistics accumulate, so autotuning's trial runs must not add to them.
 @triton.autotune(
     configs=_configs(tma=False),
+    prune_configs_by={"early_config_prune": fits_shared_memory},
     key=["M", "N", "K", "PRECISION", "stride_bn"],
     restore_value=["count_ptr", "sums_ptr"],
 )
@@ -149,6 +188,7 @@ def _masked_grad_kernel(
 
 @triton.autotune(
     configs=_configs(tma=True),
+    prune_configs_by={"early_config_prune": fits_shared_memory},
     key=["M", "N", "K", "PRECISION", "B_KMAJOR"],
     restore_value=["count_ptr", "sums_ptr"],
 )
@@ -176,6 +216,7 @@ def _masked_grad_tma_kernel(
 
 @triton.autotune(
     configs=_configs(tma=True, persistent=True),
+    prune_configs_by={"early_config_prune": fits_shared_memory},
     key=["M", "N", "K", "PRECISION", "B_KMAJOR"],
     restore_value=["count_ptr", "sums_ptr"],
 )
