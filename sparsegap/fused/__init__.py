@@ -86,13 +86,11 @@ class SAETrainer:
 
     It keeps a normalised decoder's atoms at unit norm itself (``adam_`` adds up the updated
     atoms' squared norms, ``renormalise_`` divides by them and writes the copy, so the caller
-    must not renormalise before each step). Not ``adam_atoms_``' single pass: over atoms in
-    columns (this layout) its programs read 16-byte row segments, and the whole step ran 0.18 ms
-    slower with it on an H100 (`make bench-gpu`, "fused (TMA, one-pass Adam)" against "fused
-    step (TMA)": 2.05 against 2.25 M tokens/s). When the weights change
-    outside it (a checkpoint loaded, an evaluation's ``renormalise_``: torch counts in-place
-    writes in ``Tensor._version``, its kernels' writes are not counted), the next step first
-    renormalises and refreshes the copies. It takes the same steps as the framework's autograd
+    must not renormalise before each step; not ``adam_atoms_``' single pass, slower over atoms
+    in columns, this layout: see its comment). When the weights change outside it (a checkpoint
+    loaded, an evaluation's ``renormalise_``: torch counts in-place writes in
+    ``Tensor._version``, its kernels' writes are not counted), the next step first renormalises
+    and refreshes the copies. It takes the same steps as the framework's autograd
     step (tests/test_fused.py checks it in fp32 through Triton's interpreter); ``low`` is the
     GEMMs' dtype."""
 
@@ -111,7 +109,9 @@ class SAETrainer:
         self.zero_bias = torch.zeros(latents, device=weight.device, dtype=low)
         self.count = torch.zeros(replicas, 1, device=weight.device, dtype=torch.int32)
         self.sums = torch.zeros(replicas, latents, device=weight.device)
-        self.sumsq = torch.zeros(replicas, latents, device=weight.device)  # the atoms' norms²
+        # The atoms' squared norms, from the decoder's Adam pass to its renormalisation
+        norms = torch.zeros(replicas, latents, device=weight.device)
+        self.sumsq = norms if self.normalised else None
         size = torch.finfo(low).bits // 8
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
         # masked_grad's TMA kernel or its persistent form: None times both once (per shape)
@@ -168,16 +168,13 @@ class SAETrainer:
                       eps, low=encoder_low)  # fmt: skip
             if self.learned:
                 i = self.slots[1]
-                moments = opt.exp_avg[i][r], opt.exp_avg_sq[i][r]
-                grad = residual.T @ codes
-                if self.normalised:
-                    sumsq = self.sumsq[r].zero_()
-                    adam_(self.atoms[r], grad, *moments, opt.steps[i], opt.lr, betas, eps,
-                          sumsq=sumsq)  # fmt: skip
+                sumsq = self.sumsq[r].zero_() if self.sumsq is not None else None
+                # A normalised decoder's bf16 copy is written by the renormalisation, not Adam.
+                copy = atoms_low if sumsq is None else None
+                adam_(self.atoms[r], residual.T @ codes, opt.exp_avg[i][r], opt.exp_avg_sq[i][r],
+                      opt.steps[i], opt.lr, betas, eps, low=copy, sumsq=sumsq)  # fmt: skip
+                if sumsq is not None:
                     renormalise_(self.atoms[r], atoms_low, sumsq)
-                else:
-                    adam_(self.atoms[r], grad, *moments, opt.steps[i], opt.lr, betas, eps,
-                          low=atoms_low)  # fmt: skip
             if mse is not None:
                 mse[r] = residual_mse(residual, scale)
         if mse is None:

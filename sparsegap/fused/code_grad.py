@@ -64,8 +64,8 @@ def fits_shared_memory(configs: list[triton.Config], named_args: dict, **kwargs:
     if kwargs.get("PRECISION") == "ieee":
         return configs
     limit = torch.cuda.get_device_properties(tensor.device).shared_memory_per_block_optin
-    # The code-gradient TMA kernels stage their epilogue tiles; pointer loads need one buffer
-    # fewer than num_stages (the TMA pipelines hold num_stages).
+    # The code-gradient TMA kernels stage their epilogue tiles; pointer loads are counted with
+    # one buffer fewer than num_stages (a lower bound; the TMA pipelines hold num_stages).
     staged = "codes_desc" in named_args
     pointer = not any(name.endswith("_desc") for name in named_args)
     return fitting(configs, tensor.element_size(), limit, staged, pointer)
