@@ -145,7 +145,8 @@ def _why_no_summary(path: Path) -> str:
     try:
         from omegaconf import OmegaConf
 
-        from sparsegap.config import ConfigError, validate
+        from sparsegap.config import ConfigError
+        from sparsegap.validate import validate
 
         validate(OmegaConf.load(config_file))
     except ConfigError as error:
