@@ -29,6 +29,8 @@ def load_plugins() -> None:
         try:
             importlib.import_module(name)
         except ImportError as error:
-            raise ImportError(f"{ENV_VAR}: cannot import plugin module {name!r}: {error}") from error
+            raise ImportError(
+                f"{ENV_VAR}: cannot import plugin module {name!r}: {error}"
+            ) from error
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         entry.load()

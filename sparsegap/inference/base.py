@@ -38,6 +38,7 @@ class Inference(ABC):
     def check(cls, cfg: DictConfig, key: str) -> None:
         """The algorithm's own value checks on its config ``cfg`` (at ``key``), raising
         ``ConfigError``; the common fields are checked by the encoder. None by default."""
+        return None
 
     def __init__(self, cfg: InferenceConfig, l1_coeff: float) -> None:
         self.cfg = cfg
