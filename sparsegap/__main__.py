@@ -17,14 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sparsegap.config import (
-    ConfigError,
-    fill_defaults,
-    is_lm,
-    register_configs,
-    to_container,
-    validate,
-)
+from sparsegap.config import ConfigError, is_lm, to_container
+from sparsegap.registry import register_configs
 from sparsegap.runtime import keep_freed_memory, run_entry_point
 from sparsegap.tracking import Tracker
 
@@ -35,13 +29,14 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
     """Validate, train and track one configuration; returns the final mean test latent MCC
     (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
     from sparsegap.train import build, train, train_activations  # heavy imports after validation
+    from sparsegap.validate import fill_defaults, validate
 
     validate(cfg)
     fill_defaults(cfg)
     keep_freed_memory()
     if cfg.device.threads is not None:
         torch.set_num_threads(cfg.device.threads)
-    if cfg.get("cache") is not None:
+    if cfg.cache is not None:
         return harvest(cfg, run_dir)
     lm = is_lm(cfg)
     key = "normalised_mse/test" if lm else "latent_mcc/test"

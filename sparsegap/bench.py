@@ -111,7 +111,7 @@ def baseline_ito(x: torch.Tensor, dictionary: torch.Tensor, iterations: int) -> 
 def sparsegap_step(overrides: list[str]) -> Callable[[], None]:
     from hydra import compose, initialize_config_dir
 
-    from sparsegap.config import register_configs
+    from sparsegap.registry import register_configs
     from sparsegap.train import build, make_step
 
     register_configs()

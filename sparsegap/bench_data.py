@@ -18,8 +18,9 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from sparsegap.config import DataConfig, _validate_data_laws
+from sparsegap.config import DataConfig
 from sparsegap.data import SyntheticStream
+from sparsegap.validate import check_data_laws
 
 
 def bench_config(**overrides) -> DataConfig:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     cfg = bench_config()
-    _validate_data_laws(OmegaConf.structured(cfg))
+    check_data_laws(OmegaConf.structured(cfg))
     stream = SyntheticStream(cfg, args.batch, samples=args.samples)
     next(iter(SyntheticStream(cfg, 1024, samples=1024)))  # warm-up outside the timing
     rss_before = peak_rss_mib()

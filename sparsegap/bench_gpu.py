@@ -141,10 +141,10 @@ def framework_config(shape: dict[str, int], encoder: str, device: str, **options
         DeviceConfig,
         LMDataConfig,
         LoggerConfig,
-        MLPConfig,
-        SAEConfig,
         ScenarioConfig,
     )
+    from sparsegap.encoders.mlp import MLPConfig
+    from sparsegap.encoders.sae import SAEConfig
 
     enc = SAEConfig(latents=shape["latents"], fast_step=options.get("fast_step", False))
     if encoder == "mlp":

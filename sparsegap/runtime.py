@@ -10,6 +10,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
+from sparsegap.errors import ConfigError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
@@ -41,8 +45,6 @@ def run_entry_point(task: Callable[[], float], multirun: bool) -> float:
     """Run an entry point's task with SIGTERM turned into an exception (see
     ``raise_on_sigterm``). An invalid config is one ``error:`` line on stderr and exit code 2;
     in a multirun it is re-raised instead, so Hydra marks that job failed and runs the others."""
-    from sparsegap.config import ConfigError
-
     raise_on_sigterm()
     try:
         return task()
@@ -59,3 +61,10 @@ def raise_on_sigterm() -> None:
     launchers) signals cannot be handled: the default stays."""
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, _terminate)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a ``device.name`` (``auto``: CUDA when visible, else the CPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

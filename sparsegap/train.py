@@ -25,14 +25,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from sparsegap import metrics
-from sparsegap.config import (
-    check_latent_budgets,
-    fill_defaults,
-    is_lm,
-    latents_of,
-    resolve_device,
-    to_container,
-)
+from sparsegap.config import is_lm, latents_of, to_container
 from sparsegap.data import SyntheticData, coherence, make_streamed, make_synthetic
 from sparsegap.data.synthetic import StreamBatch
 from sparsegap.decoder import Decoder
@@ -41,8 +34,10 @@ from sparsegap.encoders.layers import replica_generators
 from sparsegap.encoders.sae import SAE
 from sparsegap.flops import Flops, adam_update, reconstruction_loss
 from sparsegap.optim import Adam
+from sparsegap.runtime import resolve_device
 from sparsegap.scenarios import SCENARIOS, Losses, Scenario
 from sparsegap.tracking import Record, Tracker
+from sparsegap.validate import check_encoder, fill_defaults
 
 Tensor = torch.Tensor
 
@@ -86,13 +81,13 @@ class Model:
             auxiliary=self.encoder.auxiliary_losses(x, codes, atoms),
             # None keeps the unweighted loss (bit for bit) unless weights were asked for
             importance=self.data.importance if self.data is not None and self.weighted else None,
-            cosine=self.cfg.scenario.get("cosine", "latent"),
+            cosine=self.cfg.scenario.cosine,
         )
 
     @property
     def weighted(self) -> bool:
         """Whether the loss weights features by importance (``data.importance``)."""
-        return self.data is not None and self.cfg.data.get("importance", "none") != "none"
+        return self.data is not None and self.cfg.data.importance != "none"
 
     @property
     def samples_per_step(self) -> int:
@@ -144,10 +139,10 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
     fill_defaults(cfg)  # idempotent; resolves data-dependent defaults (e.g. encoder.k = data.K)
     device = device or resolve_device(cfg.device.name)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.device.get("tf32", False)
-        torch.backends.cudnn.allow_tf32 = cfg.device.get("tf32", False)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.device.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.device.tf32
     data, stream = None, None
-    if not is_lm(cfg) and cfg.data.get("stream_batch", 0) > 0:
+    if not is_lm(cfg) and cfg.data.stream_batch > 0:
         data, stream = make_streamed(cfg.data)
         data = data.to(device)
     elif not is_lm(cfg):
@@ -318,12 +313,12 @@ class Step:
         self.last_fired = torch.zeros(encoder.replicas, encoder.latents, dtype=torch.long)
         self.last_fired = self.last_fired.to(model.device)
         self.density: Tensor | None = None
-        self.autocast = cfg.device.get("autocast", "none") == "bf16"
+        self.autocast = cfg.device.autocast == "bf16"
         # Plain floats: reading a DictConfig costs microseconds, and a synthetic step is short.
         self.lr, self.l1_coeff = float(cfg.lr), float(cfg.l1_coeff)
         self.lr_warmup, self.l1_warmup = (
-            cfg.get("lr_warmup_steps", 0),
-            cfg.get("l1_warmup_steps", 0),
+            cfg.lr_warmup_steps,
+            cfg.l1_warmup_steps,
         )
         true_codes = None if model.data is None else model.data.codes_train
 
@@ -339,7 +334,7 @@ class Step:
         # (scenarios with a decoder) with no per-feature weights and nothing compiled.
         self.fast = (
             encoder.has_fast_step
-            and bool(cfg.encoder.get("fast_step", False))
+            and cfg.encoder.fast_step
             and decoder is not None
             and encoder.l1_penalty
             and not model.weighted
@@ -574,7 +569,7 @@ def train_activations(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> Recor
     start = checkpoint.read_state(run_dir)["step"] if resumed else 0
     x_test, batches = source.open(skip=start)
     cfg.data.dim, cfg.data.input_scale = x_test.shape[0], source.input_scale
-    check_latent_budgets(cfg)  # the latents (expansion × d) are known only now
+    check_encoder(cfg)  # the latents (expansion × d) are known only now
     tracker.config = to_container(cfg)
     model = build(cfg, device)
     trainer = Step(model, batches, track=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import compose_config, run_cli
 
-from sparsegap.config import ConfigError, validate
+from sparsegap.config import ConfigError
+from sparsegap.validate import validate
 
 BAD_VALUES = [
     (["data.K=20"], "data.K=20", "between 1 and data.N=16"),

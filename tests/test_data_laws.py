@@ -12,9 +12,10 @@ import pytest
 import torch
 from helpers import compose_config
 
-from sparsegap.config import ConfigError, DataConfig, validate
+from sparsegap.config import ConfigError, DataConfig
 from sparsegap.data import SyntheticStream, coherence, make_synthetic
 from sparsegap.data.laws import firing_probabilities, hierarchy, implied_firing_correlation
+from sparsegap.validate import validate
 
 BERN = DataConfig(N=64, M=16, K=4, train_samples=10_000, test_samples=10_000, support="bernoulli")
 

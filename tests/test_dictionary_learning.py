@@ -9,8 +9,9 @@ import torch
 from helpers import compose_config, read_metrics
 
 from sparsegap.__main__ import run
-from sparsegap.config import ConfigError, validate
+from sparsegap.config import ConfigError
 from sparsegap.train import build, make_step
+from sparsegap.validate import validate
 
 SMALL = ["steps=30", "eval_every=15", "data.train_samples=256", "data.test_samples=128"]
 

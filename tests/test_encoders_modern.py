@@ -11,9 +11,10 @@ import torch
 from helpers import compose_config, read_metrics, read_summary
 
 from sparsegap.__main__ import run
-from sparsegap.config import ConfigError, fill_defaults, validate
+from sparsegap.config import ConfigError
 from sparsegap.encoders import ENCODERS
 from sparsegap.train import build, make_step
+from sparsegap.validate import fill_defaults, validate
 
 MODERN = ("topk", "batch_topk", "jumprelu", "gated", "lista")
 AUXILIARY = {"jumprelu": {"l0"}, "gated": {"l1_gate", "aux_mse"}}

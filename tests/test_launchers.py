@@ -9,7 +9,7 @@ import pytest
 from helpers import CONF, compose_config, read_summary, run_cli
 from hydra import compose, initialize_config_dir
 
-from sparsegap.config import register_configs
+from sparsegap.registry import register_configs
 
 TINY = ["steps=20", "eval_every=10", "replicas=1", "logger=none", "device=cpu", "progress=false"]
 
@@ -112,7 +112,7 @@ def test_every_job_of_every_preset_is_a_valid_configuration(name):
 
     from omegaconf import OmegaConf
 
-    from sparsegap.config import validate
+    from sparsegap.validate import validate
 
     params = _compose([f"+experiment={name}"]).hydra.sweeper.params
     keys = list(params)

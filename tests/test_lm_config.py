@@ -10,7 +10,8 @@ import pytest
 from helpers import compose_config
 from omegaconf import OmegaConf
 
-from sparsegap.config import ConfigError, validate
+from sparsegap.config import ConfigError
+from sparsegap.validate import validate
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 from helpers import CONF
 from hydra import compose, initialize_config_dir
 
-from sparsegap.config import fill_defaults, register_configs, validate
+from sparsegap.registry import register_configs
+from sparsegap.validate import fill_defaults, validate
 
 GRIDS = {
     "decoder_gram": {

@@ -11,9 +11,10 @@ import pytest
 from helpers import CONF
 from hydra import compose, initialize_config_dir
 
-from sparsegap.config import fill_defaults, register_configs, validate
+from sparsegap.registry import register_configs
 from sparsegap.report.collect import Job
 from sparsegap.report.figures import data_conditions, gap_figures
+from sparsegap.validate import fill_defaults, validate
 
 GRID = {
     "encoder": ["sae", "mlp", "sparse_coding_fista", "sae_ito_fista"],

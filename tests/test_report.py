@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from sparsegap.report.collect import Job, distinguish, label_of, load_jobs
-from sparsegap.report.figures import _axis_position, display, regime_heatmaps
+from sparsegap.report.collect import Job, display, distinguish, label_of, load_jobs
+from sparsegap.report.figures import _axis_position, regime_heatmaps
 
 TINY = ["steps=20", "eval_every=10", "replicas=2", "logger=none", "device=cpu", "progress=false",
         "device.threads=1"]  # one thread: the tiny jobs run faster on a shared machine  # fmt: skip

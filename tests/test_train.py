@@ -9,10 +9,11 @@ import torch
 from helpers import compose_config, read_metrics, read_summary
 
 from sparsegap.__main__ import run
+from sparsegap.registry import encoders_for
 from sparsegap.scenarios import SCENARIOS
 from sparsegap.train import build, make_step
 
-PAIRS = [(s.name, e) for s in SCENARIOS.values() for e in s.encoders]
+PAIRS = [(s, e) for s in SCENARIOS for e in encoders_for(s)]
 
 
 def _finite(value) -> bool:

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from sparsegap.autointerp.pipeline import FeatureSource
-from sparsegap.config import ConfigError, resolve_device
+from sparsegap.config import ConfigError
+from sparsegap.runtime import resolve_device
 
 
 def bridge_source(
@@ -78,9 +79,7 @@ def documents_of(cfg: DictConfig, data: DictConfig) -> tuple[Iterator[str], int]
     if cfg.corpus.path:
         if not glob.glob(cfg.corpus.path, recursive=True):
             raise ConfigError(f"corpus.path={cfg.corpus.path!r} is invalid: no file matches it")
-        text = OmegaConf.create(
-            {"text_files": cfg.corpus.path, "text_column": data.get("text_column", "text")}
-        )
+        text = OmegaConf.create({"text_files": cfg.corpus.path, "text_column": data.text_column})
         skip = cfg.corpus.skip_tokens or 0
         return documents(text), skip
     if not (data.get("text_files") or data.get("dataset")):

@@ -34,7 +34,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from sparsegap.config import ConfigError, resolve_device
+from sparsegap.config import ConfigError
+from sparsegap.runtime import resolve_device
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -11,30 +11,51 @@ one by which it reports its own training state (``state_metrics``), and one by w
 gradient-free encoder (dictionary learning) replaces the Adam step with its own update:
 ``train_step`` (with ``train_step_flops``). Encoders may also offer ``fast_step``: the same
 training step as autograd would take on a reconstruction loss, written out by hand.
+
+Each encoder also declares itself, once, as class attributes: its config schema (``config``, the
+Hydra option ``encoder=<name>``), its own value checks (``check``), the scenarios it applies to,
+whether it keeps per-sample state, its display name (``label``, ``describe``) and its ``kind``.
+The registry, Hydra's config store, scenario applicability, validation and the report's labels
+are all derived from these declarations, so a new encoder is one file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from sparsegap.config import EncoderConfig
+from sparsegap.config import EncoderConfig, is_lm, latents_of
+from sparsegap.errors import ConfigError, choice, need
 from sparsegap.flops import Flops
+from sparsegap.inference import INFERENCE
 
 if TYPE_CHECKING:
     from sparsegap.decoder import Decoder
 
 ENCODERS: dict[str, type[Encoder]] = {}
+SCENARIO_NAMES = ("known_codes", "known_dictionary", "unknown")
+# one-pass: codes from one forward pass (amortised); iterative: an optimisation per sample at
+# test time (sparse coding, SAE + ITO, dictionary learning).
+KINDS = ("one-pass", "iterative")
 # What ``Encoder.fast_step`` returns: per replica (mse, mean(codes)) or (None, None) when not
 # asked for, the codes, and the atoms' gradient or None.
 HandStep = tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]
 
 
 class Encoder(nn.Module):
-    name: ClassVar[str]
+    name: ClassVar[str]  # registry name: the option encoder=<name> and encoder.name
+    config: ClassVar[type[EncoderConfig]]  # the schema of encoder=<name>, its defaults
+    label: ClassVar[str]  # display name in reports and figures (see ``describe``)
+    kind: ClassVar[str] = "one-pass"  # one of KINDS
+    # The scenarios it applies to (each scenario's ``why_not`` says why the others do not).
+    scenarios: ClassVar[tuple[str, ...]] = SCENARIO_NAMES
+    # Whether it keeps state per sample of a fixed training set (sparse coding's free codes),
+    # which streamed data (data=lm, data.stream_batch > 0) lacks.
+    per_sample: ClassVar[bool] = False
     # Whether the scenario adds its L1 term l1_coeff·mean(codes) to the loss. Encoders whose
     # sparsity comes from elsewhere (TopK activations, an L0 penalty, a gate penalty) set False;
     # the term is still computed and logged as loss/l1.
@@ -69,6 +90,24 @@ class Encoder(nn.Module):
         ``recompute()`` when the codes came from elsewhere (e.g. ``infer``)."""
         kept, self._kept = self._kept, None
         return kept[1] if kept is not None and kept[0] is codes else recompute()
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        """The encoder's own value checks on the whole config (``cfg.encoder`` holds its fields),
+        raising ``ConfigError``. Run by validation, and again once ``data=lm`` knows the number
+        of latents. None by default."""
+
+    @classmethod
+    def resolve(cls, cfg: DictConfig) -> None:
+        """Fill in, on synthetic data, the encoder's defaults that depend on other keys (e.g. a
+        budget that defaults to data.K), so the logged config shows real values. None by
+        default."""
+
+    @classmethod
+    def describe(cls, encoder: Mapping[str, Any]) -> str:
+        """Display name of a configured method: ``label`` unless some of the encoder's fields
+        (a partial ``encoder`` mapping, as the report recovers it from a label) matter."""
+        return cls.label
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """Training-time codes (R, L, B) for x (M, B); ``index`` selects training samples for
@@ -144,5 +183,52 @@ class Encoder(nn.Module):
 
 
 def register_encoder(cls: type[Encoder]) -> type[Encoder]:
+    """Class decorator: add an encoder to the registry, checking its declarations."""
+    for attribute in ("name", "config", "label"):
+        if not hasattr(cls, attribute):
+            raise TypeError(f"encoder {cls.__name__} declares no {attribute!r}")
+    if cls.config.name != cls.name:
+        raise TypeError(f"encoder {cls.name!r}: its config's name is {cls.config.name!r}")
+    if cls.kind not in KINDS:
+        raise TypeError(f"encoder {cls.name!r}: kind {cls.kind!r} is not one of {KINDS}")
+    unknown = set(cls.scenarios) - set(SCENARIO_NAMES)
+    if unknown:
+        raise TypeError(f"encoder {cls.name!r}: unknown scenarios {sorted(unknown)}")
     ENCODERS[cls.name] = cls
     return cls
+
+
+def check_budget(cfg: DictConfig, key: str, k: int | None) -> None:
+    """An atom/latent budget (``encoder.k``, ``encoder.inference.k``): between 1 and the number
+    of latents; null means data.K, which activations do not have."""
+    if k is None and is_lm(cfg):
+        raise ConfigError(f"{key}=None is invalid: data=lm has no data.K to default to; set {key}")
+    if k is None:
+        k, key = cfg.data.K, f"{key} (null = data.K)"
+    latents = latents_of(cfg)
+    if latents is None:
+        need(k >= 1, key, k, "must be at least 1")
+    else:
+        allowed = f"must be between 1 and the number of latents ({latents}), or null"
+        need(1 <= k <= latents, key, k, allowed)
+
+
+def check_inference(cfg: DictConfig) -> None:
+    """``encoder.inference`` of an encoder that infers codes at test time: the algorithm's
+    common fields, its own checks, and its atom budget where it needs one."""
+    inf = cfg.encoder.inference
+    choice("encoder.inference.name", inf.name, tuple(INFERENCE))
+    need(inf.iterations >= 0, "encoder.inference.iterations", inf.iterations, "must be >= 0")
+    need(inf.lr > 0, "encoder.inference.lr", inf.lr, "must be positive")
+    if inf.l1_coeff is not None:
+        need(inf.l1_coeff >= 0, "encoder.inference.l1_coeff", inf.l1_coeff, "must be >= 0")
+    algorithm = INFERENCE[inf.name]
+    algorithm.check(inf, "encoder.inference")
+    if inf.k is not None or (is_lm(cfg) and algorithm.needs_budget):
+        check_budget(cfg, "encoder.inference.k", inf.k)
+
+
+def resolve_inference(cfg: DictConfig) -> None:
+    """The inference's atom budget defaults to data.K (only the budgeted algorithms read it)."""
+    if cfg.encoder.inference.k is None:
+        cfg.encoder.inference.k = cfg.data.K

@@ -11,12 +11,27 @@ the untrained encoder are forgotten. The scenario's L1 term is logged but not ad
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from sparsegap.encoders.base import register_encoder
-from sparsegap.encoders.topk import TopK
+from sparsegap.encoders.topk import TopK, TopKConfig
+from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_forward, relu
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """BatchTopK SAE (Bussmann et al. 2024): training keeps the k·B largest ReLU(W·x [+ b]) of
+    the batch; inference thresholds each sample at the running average of the smallest kept
+    activation. No L1 penalty. AuxK as for TopK."""
+
+    name: str = "batch_topk"
+    k: int | None = None  # mean active latents per sample; null = data.K
+    threshold_momentum: float = 0.01  # EMA weight of the threshold estimate (cumulative mean first)
 
 
 @register_encoder
@@ -25,6 +40,14 @@ class BatchTopK(TopK):
     differs."""
 
     name = "batch_topk"
+    config = BatchTopKConfig
+    label = "BatchTopK SAE"
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        m = cfg.encoder.threshold_momentum
+        need(0 < m <= 1, "encoder.threshold_momentum", m, "must be in (0, 1]")
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

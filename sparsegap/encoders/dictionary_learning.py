@@ -29,13 +29,19 @@ start needs more).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from sparsegap.encoders.base import Encoder, register_encoder
+from sparsegap.config import EncoderConfig, InferenceConfig
+from sparsegap.encoders.base import Encoder, check_inference, register_encoder, resolve_inference
+from sparsegap.errors import choice, need
 from sparsegap.flops import Flops, renormalise_columns
-from sparsegap.inference import build_inference
+from sparsegap.inference import INFERENCE, build_inference
 
 # Offset of the resampling generators' seeds from the replica seeds, so that the restarts draw a
 # stream of their own rather than the one that initialised the decoder.
@@ -45,9 +51,61 @@ RESAMPLE_SEED_OFFSET = 1_000_003
 RESTART_SEED_OFFSET = 7_919_000
 
 
+DICTIONARY_UPDATES = ("least_squares", "gradient")  # encoder.dictionary_update
+
+
+def _dl_inference() -> InferenceConfig:
+    return InferenceConfig(name="fista", iterations=20, l1_coeff=0.2)
+
+
+@dataclass
+class DictionaryLearningConfig(EncoderConfig):
+    """Classical alternating minimisation (unknown scenario): each training step infers the
+    training codes with ``inference`` (warm-started from the previous step's codes) against the
+    current dictionary, then updates the dictionary (least squares D = X·Sᵀ(S·Sᵀ + εI)⁻¹, or one
+    gradient step) and renormalises it; unused atoms restart at a training residual. Test codes:
+    the same inference. No Adam."""
+
+    name: str = "dictionary_learning"
+    dictionary_update: str = "least_squares"  # least_squares | gradient
+    ridge: float = 1e-6  # ε of the least-squares update, relative to the mean diagonal of S·Sᵀ
+    resample_dead: bool = True  # restart unused and near-duplicate atoms at a random residual
+    duplicate_cosine: float = 0.95  # resample_dead: atoms with |cosine| above this are duplicates
+    restarts: int = 19  # extra candidate dictionaries per replica; the lowest objective is kept
+    test_iterations: int | None = 300  # inference iterations for test codes; null = inference's
+    inference: InferenceConfig = field(default_factory=_dl_inference)
+
+
 @register_encoder
 class DictionaryLearning(Encoder):
     name = "dictionary_learning"
+    config = DictionaryLearningConfig
+    label = "dictionary learning (alt. min.)"
+    kind = "iterative"
+    scenarios = ("unknown",)
+    per_sample = True
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        e = cfg.encoder
+        choice("encoder.dictionary_update", e.dictionary_update, DICTIONARY_UPDATES)
+        need(e.ridge >= 0, "encoder.ridge", e.ridge, "must be >= 0")
+        cos = e.duplicate_cosine
+        need(0 < cos <= 1, "encoder.duplicate_cosine", cos, "must be in (0, 1] (1 = never)")
+        need(e.restarts >= 0, "encoder.restarts", e.restarts, "must be >= 0")
+        if e.test_iterations is not None:
+            allowed = "must be >= 0 (or null = encoder.inference.iterations)"
+            need(e.test_iterations >= 0, "encoder.test_iterations", e.test_iterations, allowed)
+        check_inference(cfg)
+
+    @classmethod
+    def resolve(cls, cfg: DictConfig) -> None:
+        resolve_inference(cfg)
+
+    @classmethod
+    def describe(cls, encoder: Mapping[str, Any]) -> str:
+        return f"dictionary learning (alt. min., {INFERENCE[encoder['inference']['name']].label})"
+
     # The scenario's loss is only evaluated (logged); the encoder's inference has its own L1.
     l1_penalty = True
 

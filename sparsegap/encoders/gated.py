@@ -20,11 +20,13 @@ In ``known_codes`` (no decoder) neither term exists and only the magnitude path 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from sparsegap.config import EncoderConfig
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, reconstruction_loss
@@ -33,9 +35,20 @@ if TYPE_CHECKING:
     from sparsegap.decoder import Decoder
 
 
+@dataclass
+class GatedConfig(EncoderConfig):
+    """Gated SAE (Rajamanoharan et al. 2024a): codes = H(W·x + b_gate)·ReLU(exp(r_mag)·W·x +
+    b_mag); L1 on ReLU(gate) and an auxiliary reconstruction through a frozen decoder copy."""
+
+    name: str = "gated"
+    bias: bool = True  # b_gate and b_mag; without them the gate cannot threshold
+
+
 @register_encoder
 class Gated(Encoder):
     name = "gated"
+    config = GatedConfig
+    label = "Gated SAE"
     l1_penalty = False
 
     def __init__(self, cfg, **kw) -> None:

@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
+from sparsegap.config import EncoderConfig, HandStepConfig
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
+from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
 from sparsegap.native.mlp_step import NativeMLPStep
 from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
+@dataclass
+class MLPConfig(EncoderConfig, HandStepConfig):
+    """One-hidden-layer MLP encoder: codes = ReLU(W2·ReLU(W1·x [+ b1]) [+ b2])."""
+
+    name: str = "mlp"
+    hidden: int = 32  # hidden width (paper: 32, 256; 1,024 for known codes)
+    # With fast_step on the CPU (float32, sample count and hidden width multiples of 8, at most
+    # 64 latents): the whole step as one fused C++ kernel (sparsegap/native), compiled with $CXX
+    # (g++) on first use and cached; where it cannot be built the torch step runs and one line
+    # on stderr says why. false = the torch step.
+    native: bool = True
+
+
 @register_encoder
 class MLP(Encoder):
     name = "mlp"
+    config = MLPConfig
+    label = "MLP"
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        need(cfg.encoder.hidden >= 1, "encoder.hidden", cfg.encoder.hidden, "must be at least 1")
+
+    @classmethod
+    def describe(cls, encoder: Mapping[str, Any]) -> str:
+        return f"MLP (hidden {encoder['hidden']})"
+
     has_fast_step = True
 
     def __init__(self, cfg, **kw) -> None:
@@ -22,7 +53,7 @@ class MLP(Encoder):
         gens = kw["generators"]
         self.hidden = ReplicaLinear(self.dim, cfg.hidden, gens, bias=cfg.bias)
         self.out = ReplicaLinear(cfg.hidden, self.latents, gens, bias=cfg.bias)
-        self.native = NativeMLPStep() if getattr(cfg, "native", False) else None
+        self.native = NativeMLPStep() if cfg.native else None
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         return self.out(self.hidden(x).relu()).relu()

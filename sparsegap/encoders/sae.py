@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from sparsegap.config import EncoderConfig, HandStepConfig
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
 from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
+@dataclass
+class SAEConfig(EncoderConfig, HandStepConfig):
+    """Sparse autoencoder: codes = ReLU(W·x [+ b])."""
+
+    name: str = "sae"
+
+
 @register_encoder
 class SAE(Encoder):
     name = "sae"
+    config = SAEConfig
+    label = "SAE"
     has_fast_step = True
 
     def __init__(self, cfg, **kw) -> None:

@@ -4,18 +4,55 @@ refined by ``encoder.inference`` against its decoder, starting from the SAE's ow
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
-from sparsegap.encoders.base import register_encoder
+from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig
+from sparsegap.encoders.base import check_inference, register_encoder, resolve_inference
 from sparsegap.encoders.sae import SAE
+from sparsegap.errors import choice
 from sparsegap.flops import Flops
-from sparsegap.inference import build_inference
+from sparsegap.inference import INFERENCE, build_inference
+
+ITO_INITS = ("sae", "scratch")  # encoder.init: where test-time inference starts
+
+
+@dataclass
+class SAEITOConfig(EncoderConfig, HandStepConfig):
+    """SAE whose test codes are refined by inference-time optimisation against its decoder."""
+
+    name: str = "sae_ito"
+    init: str = "sae"  # start inference from the SAE's codes (sae) or from exp(init_log) (scratch)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 @register_encoder
 class SAEITO(SAE):
     name = "sae_ito"
+    config = SAEITOConfig
+    label = "SAE + ITO"
+    kind = "iterative"
+    scenarios = ("known_dictionary", "unknown")
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        choice("encoder.init", cfg.encoder.init, ITO_INITS)
+        check_inference(cfg)
+
+    @classmethod
+    def resolve(cls, cfg: DictConfig) -> None:
+        resolve_inference(cfg)
+
+    @classmethod
+    def describe(cls, encoder: Mapping[str, Any]) -> str:
+        inference = INFERENCE[encoder["inference"]["name"]].label
+        start = ", from scratch" if encoder["init"] == "scratch" else ""
+        return f"SAE + ITO ({inference}{start})"
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -18,12 +18,16 @@ FLOPs are estimates (sklearn's coordinate descent and LARS stop data-dependently
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
+from sparsegap.config import EncoderConfig
 from sparsegap.encoders.base import Encoder, register_encoder
+from sparsegap.errors import need
 from sparsegap.flops import Flops, renormalise_columns
 
 # Coordinate-descent sweeps per sparse-coding pass assumed by the FLOP estimate.
@@ -41,9 +45,37 @@ def _sklearn():
     return sklearn.decomposition, ConvergenceWarning
 
 
+@dataclass
+class SklearnDLConfig(EncoderConfig):
+    """scikit-learn's DictionaryLearning (coordinate descent, non-negative codes), one model per
+    replica (random_state = seed + i); each training step runs ``iterations_per_step`` of its
+    alternating iterations warm-started from the previous step. Test codes: non-negative
+    LARS-lasso (sklearn's transform). Needs ``pip install -e '.[sklearn]'``."""
+
+    name: str = "sklearn_dl"
+    alpha: float = 0.05  # sklearn's L1 weight: ½||x − D·s||² + alpha·|s|₁ per sample
+    transform_alpha: float | None = None  # LARS-lasso weight at test time; null = alpha
+    iterations_per_step: int = 1  # sklearn max_iter per training step
+
+
 @register_encoder
 class SklearnDL(Encoder):
     name = "sklearn_dl"
+    config = SklearnDLConfig
+    label = "scikit-learn DictionaryLearning"
+    kind = "iterative"
+    scenarios = ("unknown",)
+    per_sample = True
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        e = cfg.encoder
+        need(e.alpha > 0, "encoder.alpha", e.alpha, "must be positive")
+        if e.transform_alpha is not None:
+            allowed = "must be positive (or null = encoder.alpha)"
+            need(e.transform_alpha > 0, "encoder.transform_alpha", e.transform_alpha, allowed)
+        steps = e.iterations_per_step
+        need(steps >= 1, "encoder.iterations_per_step", steps, "must be at least 1")
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -4,18 +4,58 @@ samples are inferred by ``encoder.inference`` against the learned dictionary."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from sparsegap.encoders.base import Encoder, HandStep, register_encoder
+from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig
+from sparsegap.encoders.base import (
+    Encoder,
+    HandStep,
+    check_inference,
+    register_encoder,
+    resolve_inference,
+)
 from sparsegap.flops import Flops
-from sparsegap.inference import build_inference
+from sparsegap.inference import INFERENCE, build_inference
 from sparsegap.scenarios import reconstruction_backward
+
+
+@dataclass
+class SparseCodingConfig(EncoderConfig, HandStepConfig):
+    """Free non-negative codes per training sample (S = exp(log S)) learned jointly with the
+    dictionary; codes for test samples are inferred by iterative optimisation."""
+
+    name: str = "sparse_coding"
+    init_log: float = -10.0  # training log-codes start here (the authors' value)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 @register_encoder
 class SparseCoding(Encoder):
     name = "sparse_coding"
+    config = SparseCodingConfig
+    label = "sparse coding"
+    kind = "iterative"
+    scenarios = ("unknown",)
+    per_sample = True
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        check_inference(cfg)
+
+    @classmethod
+    def resolve(cls, cfg: DictConfig) -> None:
+        resolve_inference(cfg)
+
+    @classmethod
+    def describe(cls, encoder: Mapping[str, Any]) -> str:
+        return f"sparse coding ({INFERENCE[encoder['inference']['name']].label})"
+
     has_fast_step = True
 
     def __init__(self, cfg, **kw) -> None:

@@ -15,13 +15,17 @@ miss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
-from sparsegap.encoders.base import Encoder, register_encoder
+from sparsegap.config import EncoderConfig, latents_of
+from sparsegap.encoders.base import Encoder, check_budget, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
+from sparsegap.errors import ConfigError, need
 from sparsegap.flops import Flops, linear_backward, linear_forward, reconstruction_loss, relu
 
 if TYPE_CHECKING:
@@ -43,16 +47,65 @@ def _variance(x: Tensor) -> Tensor:
     return (x - x.mean(dim=-1, keepdim=True)).square().mean(dim=(-2, -1))
 
 
+@dataclass
+class TopKConfig(EncoderConfig):
+    """TopK SAE (Gao et al. 2024): codes = TopK_k(ReLU(W·x [+ b])) per sample; no L1 penalty."""
+
+    name: str = "topk"
+    k: int | None = None  # active latents per sample; null = data.K
+    # AuxK (Gao et al. 2024, §A.2): the dead latents' aux_k largest activations reconstruct the
+    # residual x − D·codes; aux_coeff × its MSE over the residual's variance, × x's variance, is
+    # added to the loss (sparsegap/encoders/topk.py). Revives latents that stopped firing.
+    # 0 = off, as in the paper.
+    aux_k: int = 0  # dead latents kept per sample (Gao et al.: d/2, e.g. 384 for GPT-2 small)
+    aux_coeff: float = 0.03125  # weight α of the AuxK term (Gao et al.: 1/32)
+    aux_dead_tokens: int = 10_000_000  # dead: not fired in this many training tokens (samples)
+
+
 @register_encoder
 class TopK(Encoder):
     name = "topk"
+    config = TopKConfig
+    label = "TopK SAE"
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        e = cfg.encoder
+        check_budget(cfg, "encoder.k", e.k)
+        latents = latents_of(cfg)
+        fits = e.aux_k >= 0 and (latents is None or e.aux_k <= latents)
+        top = "" if latents is None else f" ({latents})"
+        need(
+            fits,
+            "encoder.aux_k",
+            e.aux_k,
+            f"must be between 0 (off) and the number of latents{top}",
+        )
+        if e.aux_k and cfg.scenario.name == "known_codes":
+            raise ConfigError(
+                f"encoder.aux_k={e.aux_k} is invalid with scenario=known_codes: AuxK reconstructs"
+                " the residual through the decoder, and known_codes has none; set encoder.aux_k=0"
+            )
+        need(e.aux_coeff >= 0, "encoder.aux_coeff", e.aux_coeff, "must be >= 0")
+        need(
+            e.aux_dead_tokens >= 1,
+            "encoder.aux_dead_tokens",
+            e.aux_dead_tokens,
+            "must be at least 1",
+        )
+
+    @classmethod
+    def resolve(cls, cfg: DictConfig) -> None:
+        if cfg.encoder.k is None:
+            cfg.encoder.k = cfg.data.K
+
     l1_penalty = False
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
         self.k = resolved_k(cfg)
         self.linear = ReplicaLinear(self.dim, self.latents, kw["generators"], bias=cfg.bias)
-        self.aux_k = int(cfg.get("aux_k", 0))
+        self.aux_k = int(cfg.aux_k)
         if self.aux_k:
             self.aux_coeff = float(cfg.aux_coeff)
             self.aux_dead_tokens = int(cfg.aux_dead_tokens)

@@ -20,6 +20,7 @@ from sparsegap.optim import Adam
 @register_inference
 class AdamLog(Inference):
     name = "adam_log"
+    label = "Adam"
 
     @torch.no_grad()
     def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor:

@@ -1,10 +1,18 @@
-"""The interface every inference algorithm implements, and the registry."""
+"""The interface every inference algorithm implements, and the registry.
+
+Each algorithm declares itself once, as class attributes: its registry name (the value of
+``encoder.inference.name``), its display name (``label``), whether it needs an atom budget
+(``needs_budget``: ``encoder.inference.k``), its own value checks (``check``) and its FLOPs. All
+algorithms share one config schema, ``InferenceConfig``, so any of them can be picked by
+overriding the name alone.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from omegaconf import DictConfig
 from torch import Tensor
 
 from sparsegap.config import InferenceConfig
@@ -21,7 +29,16 @@ class Inference(ABC):
     Returns codes (R, L, B).
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # the value of encoder.inference.name
+    label: ClassVar[str]  # display name in reports, e.g. "FISTA"
+    # Whether it keeps a fixed number of atoms per code, encoder.inference.k (null = data.K).
+    needs_budget: ClassVar[bool] = False
+
+    @classmethod
+    def check(cls, cfg: DictConfig, key: str) -> None:
+        """The algorithm's own value checks on its config ``cfg`` (at ``key``), raising
+        ``ConfigError``; the common fields are checked by the encoder. None by default."""
+        return None
 
     def __init__(self, cfg: InferenceConfig, l1_coeff: float) -> None:
         self.cfg = cfg
@@ -46,6 +63,10 @@ class Inference(ABC):
 
 
 def register_inference(cls: type[Inference]) -> type[Inference]:
+    """Class decorator: add an inference algorithm to the registry."""
+    for attribute in ("name", "label"):
+        if not hasattr(cls, attribute):
+            raise TypeError(f"inference {cls.__name__} declares no {attribute!r}")
     INFERENCE[cls.name] = cls
     return cls
 

@@ -30,6 +30,8 @@ from sparsegap.inference.matching_pursuit import Pursuit, Support, select
 @register_inference
 class GradientPursuit(Pursuit):
     name = "gp"
+    label = "GP"
+    needs_budget = True
 
     @torch.no_grad()
     def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor:

@@ -31,13 +31,14 @@ from sparsegap.inference.base import Inference, register_inference
 @register_inference
 class ISTA(Inference):
     name = "ista"
+    label = "ISTA"
     momentum = False
 
     def __init__(self, cfg: InferenceConfig, l1_coeff: float) -> None:
         super().__init__(cfg, l1_coeff)
-        self.nonnegative = getattr(cfg, "nonnegative", True)
-        self.restart = getattr(cfg, "restart", True)
-        self.tolerance = getattr(cfg, "tolerance", 0.0)
+        self.nonnegative = cfg.nonnegative
+        self.restart = cfg.restart
+        self.tolerance = cfg.tolerance
 
     def threshold(self, atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Step 1/||D||₂² and per-element threshold θ for each replica, both shaped (R, 1, 1)."""
@@ -116,6 +117,7 @@ class ISTA(Inference):
 @register_inference
 class FISTA(ISTA):
     name = "fista"
+    label = "FISTA"
     momentum = True
 
 

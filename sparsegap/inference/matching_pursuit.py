@@ -45,9 +45,9 @@ class Pursuit(Inference):
 
     def __init__(self, cfg: InferenceConfig, l1_coeff: float) -> None:
         super().__init__(cfg, l1_coeff)
-        self.k: int | None = getattr(cfg, "k", None)
-        self.nonnegative = getattr(cfg, "nonnegative", True)
-        self.tolerance = getattr(cfg, "tolerance", 0.0)
+        self.k: int | None = cfg.k
+        self.nonnegative = cfg.nonnegative
+        self.tolerance = cfg.tolerance
 
     def steps(self) -> int:
         """Number of iterations (= atoms selected): min(k, iterations)."""
@@ -88,6 +88,8 @@ class Pursuit(Inference):
 @register_inference
 class MatchingPursuit(Pursuit):
     name = "mp"
+    label = "MP"
+    needs_budget = True
 
     @torch.no_grad()
     def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor:
@@ -123,6 +125,8 @@ class MatchingPursuit(Pursuit):
 @register_inference
 class OrthogonalMatchingPursuit(Pursuit):
     name = "omp"
+    label = "OMP"
+    needs_budget = True
 
     @torch.no_grad()
     def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor:

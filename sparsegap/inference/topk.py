@@ -45,11 +45,13 @@ MAX_BACKTRACKS = 10
 @register_inference
 class TopK(Inference):
     name = "topk"
+    label = "top-k (IHT)"
+    needs_budget = True
 
     def __init__(self, cfg: InferenceConfig, l1_coeff: float) -> None:
         super().__init__(cfg, l1_coeff)
-        self.k: int | None = getattr(cfg, "k", None)
-        self.nonnegative = getattr(cfg, "nonnegative", True)
+        self.k: int | None = cfg.k
+        self.nonnegative = cfg.nonnegative
 
     def budget(self, latents: int) -> int:
         """Non-zeros kept per code column: ``k``, at most the number of latents."""

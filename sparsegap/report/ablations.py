@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sparsegap.report.aggregate import final_and_best, mean_std, order_labels
-from sparsegap.report.collect import Job, label_of
-from sparsegap.report.figures import display, save
+from sparsegap.report.collect import Job, display, label_of
+from sparsegap.report.figures import save
 
 # key, panel title, axis label (units: MCC in [0, 1], MSE per coordinate, L0 in active latents)
 ABLATION_METRICS = [

@@ -17,8 +17,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from sparsegap.encoders import Encoder
+
+# label_of names a method's inference algorithm unless it is the paper's Adam on log-codes.
+UNNAMED_INFERENCE = "adam_log"
 # Folders that are never jobs and never contain jobs.
 SKIP_DIRS = {"report", "wandb", ".submitit", ".hydra", "__pycache__"}
 
@@ -102,12 +109,61 @@ def label_of(config: dict[str, Any]) -> str:
     if encoder.get("init") == "scratch":
         label += "-scratch"
     inference = encoder.get("inference") or {}
-    if inference.get("name") not in (None, "adam_log"):
+    if inference.get("name") not in (None, UNNAMED_INFERENCE):
         label += f"-{inference['name']}"
     latents = encoder.get("latents")
     if latents is not None and latents != _get(config, "data.N"):
         label += f"-L{latents}"
     return label
+
+
+def method_of(label: str) -> tuple[type[Encoder], DictConfig, list[str]] | None:
+    """The encoder class a method label names, its config as far as the label tells (the
+    schema's defaults otherwise) and the label's parts it does not parse (``L24``); None for an
+    encoder that is not registered. The inverse of ``label_of``."""
+    from omegaconf import OmegaConf
+
+    from sparsegap.encoders import ENCODERS
+    from sparsegap.inference import INFERENCE
+
+    name, *parts = label.partition(" ")[0].split("-")
+    cls = ENCODERS.get(name)
+    if cls is None:
+        return None
+    encoder = OmegaConf.structured(cls.config)
+    if "inference" in encoder:  # label_of names every inference but the paper's
+        encoder.inference.name = UNNAMED_INFERENCE
+    rest = []
+    for part in parts:
+        if part.isdigit() and "hidden" in encoder:
+            encoder.hidden = int(part)
+        elif part == "scratch" and "init" in encoder:
+            encoder.init = part
+        elif part in INFERENCE and "inference" in encoder:
+            encoder.inference.name = part
+        else:
+            rest.append(part)
+    return cls, encoder, rest
+
+
+def display(label: str) -> str:
+    """Figure and table name of a method label, from the encoder's declaration
+    (``Encoder.describe``): ``mlp-256 lr=0.1`` → ``MLP (hidden 256) lr=0.1``, ``topk`` →
+    ``TopK SAE``; the label itself for an encoder that is not registered."""
+    method = method_of(label)
+    if method is None:
+        return label
+    cls, encoder, rest = method
+    _, _, suffix = label.partition(" ")
+    return " ".join([cls.describe(encoder), *rest, *([suffix] if suffix else [])])
+
+
+def is_iterative(encoder: str | None) -> bool:
+    """Whether an encoder's test codes come from an optimisation per sample (its ``kind``)."""
+    from sparsegap.encoders import ENCODERS
+
+    cls = ENCODERS.get(str(encoder))
+    return cls is not None and cls.kind == "iterative"
 
 
 def _read_yaml(path: Path) -> Any:
@@ -145,7 +201,8 @@ def _why_no_summary(path: Path) -> str:
     try:
         from omegaconf import OmegaConf
 
-        from sparsegap.config import ConfigError, validate
+        from sparsegap.config import ConfigError
+        from sparsegap.validate import validate
 
         validate(OmegaConf.load(config_file))
     except ConfigError as error:

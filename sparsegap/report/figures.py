@@ -39,28 +39,10 @@ from sparsegap.report.aggregate import (
     setting_slug,
     setting_title,
 )
-from sparsegap.report.collect import Job
+from sparsegap.report.collect import Job, display, is_iterative
 
 FORMATS = ("png", "pdf")
 CURVES_INLINE = 6  # more settings than this: curve figures go to <out>/curves/
-NAMES = {
-    "sae": "SAE",
-    "sae_ito": "SAE + ITO (from SAE codes)",
-    "sae_ito-scratch": "SAE + ITO (from scratch)",
-    "sparse_coding": "sparse coding",
-}
-
-
-def display(label: str) -> str:
-    """Legend name of a method label: ``mlp-256 lr=0.1`` → ``MLP (hidden 256) lr=0.1``."""
-    base, _, suffix = label.partition(" ")
-    if base in NAMES:
-        name = NAMES[base]
-    elif base.startswith("mlp-") and base[4:].isdigit():
-        name = f"MLP (hidden {base[4:]})"
-    else:
-        name = base
-    return f"{name} {suffix}" if suffix else name
 
 
 def colours(labels: list[str]) -> dict[str, Any]:
@@ -316,13 +298,17 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
 
 # ---------------------------------------------------------------- gap per data condition
 
-ITERATIVE = ("sparse_coding", "sae_ito")
-# key, name, iterative methods compared: SAE + ITO keeps the SAE's dictionary, so only sparse
-# coding can differ from the SAE in dictionary MCC.
-GAP_METRICS = [
-    ("latent_mcc/test", "test latent MCC", ITERATIVE),
-    ("dictionary_mcc", "dictionary MCC", ("sparse_coding",)),
-]
+
+def gap_metrics(encoders: list[str]) -> list[tuple[str, str, list[str]]]:
+    """key, name and the iterative methods among ``encoders`` compared with the SAE: SAE + ITO
+    keeps the SAE's dictionary, so it is left out of the dictionary MCC comparison."""
+    iterative = [e for e in sorted(encoders) if is_iterative(e)]
+    return [
+        ("latent_mcc/test", "test latent MCC", iterative),
+        ("dictionary_mcc", "dictionary MCC", [e for e in iterative if e != "sae_ito"]),
+    ]
+
+
 NOT_CONDITIONS = ("data.N", "data.M", "data.K", "data.seed")
 
 
@@ -379,7 +365,10 @@ def gap_figures(jobs: list[Job], out: Path) -> list[Path]:
         cells[tuple(flat.get(k) for k in keys)][str(job.encoder)].append(job)
     conditions = sorted(cells, key=lambda c: [str(v) for v in c])
     paths: list[Path] = []
-    for key, name, compared in GAP_METRICS:
+    encoders = sorted({e for cell in cells.values() for e in cell})
+    for key, name, compared in gap_metrics(encoders):
+        if not compared:
+            continue
         first = "best iterative − SAE" if len(compared) > 1 else f"{display(compared[0])} − SAE"
         bars: dict[str, list[tuple[float, float]]] = {first: [], "MLP − SAE": []}
         for condition in conditions:

@@ -39,36 +39,12 @@ from sparsegap.report.aggregate import (
     setting_slug,
     setting_title,
 )
-from sparsegap.report.collect import Job
-from sparsegap.report.figures import data_conditions, display, save
+from sparsegap.report.collect import Job, display, is_iterative
+from sparsegap.report.figures import data_conditions, save
 
-# Encoders whose test-time codes come from an iterative optimisation per sample.
-ITERATIVE = ("sparse_coding", "sae_ito", "dictionary_learning", "sklearn_dl")
 # Fewer methods than this in a setting (a regime sweep's SAE / MLP / SC cells): no frontier, so
 # that sweeps over many settings do not get a figure per cell.
 MIN_METHODS = 4
-NAMES = {
-    "topk": "TopK SAE",
-    "batch_topk": "BatchTopK SAE",
-    "jumprelu": "JumpReLU SAE",
-    "gated": "Gated SAE",
-    "lista": "LISTA",
-    "sae_ito": "SAE + ITO (Adam)",
-    "sae_ito-fista": "SAE + ITO (FISTA)",
-    "sae_ito-scratch-fista": "ITO from scratch (FISTA, no encoder)",
-    "sparse_coding": "sparse coding (Adam)",
-    "sparse_coding-fista": "sparse coding (FISTA)",
-    "dictionary_learning": "dictionary learning (alt. min.)",
-    "dictionary_learning-fista": "dictionary learning (alt. min., FISTA)",
-    "sklearn_dl": "scikit-learn DictionaryLearning",
-}
-
-
-def name_of(label: str) -> str:
-    """Figure and table name of a method label (``topk`` → ``TopK SAE``): the report's legend
-    names, with names for the methods it does not know."""
-    base = label.partition(" ")[0]
-    return NAMES[base] + label[len(base) :] if base in NAMES else display(label)
 
 
 @dataclass
@@ -91,7 +67,7 @@ class Point:
 
     @property
     def name(self) -> str:
-        return name_of(self.label)
+        return display(self.label)
 
 
 def _last(jobs: list[Job], key: str) -> float:
@@ -119,7 +95,7 @@ def points_of(by_label: dict[str, list[Job]]) -> list[Point]:
         points.append(
             Point(
                 label=label,
-                iterative=str(members[0].encoder) in ITERATIVE,
+                iterative=is_iterative(members[0].encoder),
                 replicas=len(latent),
                 steps=steps.pop() if len(steps) == 1 else None,
                 latent_mcc=mean_std(latent),
