@@ -27,6 +27,8 @@ DICTIONARY_SIMILARITIES = ("pearson", "cosine")
 ITO_INITS = ("sae", "scratch")
 DICTIONARY_UPDATES = ("least_squares", "gradient")
 SUPPORTS = ("fixed_k", "bernoulli")
+DATA_DRAWS = ("sparsegap", "authors")
+INIT_SCHEMES = ("sparsegap", "authors")
 FREQUENCIES = ("uniform", "zipf")
 IMPORTANCES = ("none", "decay")
 COSINE_AXES = ("latent", "sample")  # scenario.cosine: what one cosine similarity runs over
@@ -57,6 +59,9 @@ class DataConfig:
     )
     noise_std: float = 0.0  # standard deviation of additive Gaussian noise on X
     seed: int = 0  # data seed; the replicas share the data and differ only in initialisation
+    # sparsegap (one torch generator, every law below) | authors (the authors' generator draw for
+    # draw: their NumPy and torch calls in their order, paper law only; sparsegap/data/authors.py)
+    draw: str = "sparsegap"
     # Laws beyond the paper's (see sparsegap/data/laws.py, magnitudes.py, dictionaries.py):
     support: str = "fixed_k"  # fixed_k (exactly K, uniformly) | bernoulli (independent, E[L0]=K)
     frequencies: str = "uniform"  # bernoulli firing probabilities p_i: uniform | zipf, Σp_i = K
@@ -335,6 +340,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cache: Any = None  # +cache=build: harvest activations to disk instead of training
     seed: int = 0  # model initialisation seed; replica i is initialised with seed + i
+    # sparsegap (seed + i keyed away from the data stream) | authors (torch.manual_seed(seed + i +
+    # 42) then nn.Linear's default initialisation, as the authors' models; encoders/layers.py)
+    init: str = "sparsegap"
     replicas: int = 5  # independently initialised models trained together on the same data
     steps: int = II("scenario.steps")  # training steps (default: the scenario's paper value)
     eval_every: int = 500  # evaluate every this many steps (plus step 0 and the last step)
@@ -410,9 +418,14 @@ def resolve_device(name: str) -> torch.device:
 def _validate_data_laws(d: DictConfig) -> None:
     """Checks of the data laws beyond the paper's (support, frequencies, magnitudes, correlation,
     hierarchy, dictionary, noise)."""
+    from sparsegap.data.authors import problems as authors_problems
     from sparsegap.data.dictionaries import gaussian_floor
     from sparsegap.data.laws import firing_probabilities, max_expected_l0
 
+    _choice("data.draw", d.draw, DATA_DRAWS)
+    if d.draw == "authors":
+        bad = authors_problems(d)
+        _need(not bad, "data.draw", d.draw, f"draws only the authors' law; not {', '.join(bad)}")
     _choice("data.support", d.support, SUPPORTS)
     _choice("data.frequencies", d.frequencies, FREQUENCIES)
     _need(d.zipf_exponent >= 0, "data.zipf_exponent", d.zipf_exponent, "must be >= 0")
@@ -536,6 +549,7 @@ def validate(cfg: DictConfig) -> None:
         _need(cfg.get("cache") is None, "cache", "build", "harvesting activations needs data=lm")
 
     e = cfg.encoder
+    _choice("init", cfg.init, INIT_SCHEMES)
     _choice("encoder.name", e.name, tuple(ENCODERS))
     _choice("scenario.name", cfg.scenario.name, tuple(SCENARIOS))
     _choice("scenario.cosine", cfg.scenario.get("cosine", "latent"), COSINE_AXES)

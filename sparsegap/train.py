@@ -155,7 +155,8 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
     dim = cfg.data.dim if data is None else cfg.data.M
     scenario = SCENARIOS[cfg.scenario.name]
     latents = latents_of(cfg)
-    generators = replica_generators(cfg.seed, cfg.replicas)
+    # (get: the config.json of a run saved before ``init`` existed has no such key)
+    generators = replica_generators(cfg.seed, cfg.replicas, cfg.get("init", "sparsegap"))
     encoder = ENCODERS[cfg.encoder.name](
         cfg.encoder,
         dim=dim,
