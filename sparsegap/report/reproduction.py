@@ -75,7 +75,7 @@ PRESETS = [
            quick=("l1_coeff=0.01,0.1",), figures=("pareto_unknown",)),
     Preset("decoder_gram", "App. C, Figs. 9–11", "Decoder Gram matrices", 40_000, 5, 9,
            quick=("encoder=sae,sparse_coding",), figures=("gram_unknown",)),
-    Preset("mlp_width", "App. D, Fig. 12", "MLP width ablation", 50_000, 5, 18,
+    Preset("mlp_width", "App. D, Fig. 12", "MLP width ablation", 100_000, 5, 18,
            quick=("data=default,medium", "encoder.hidden=16,64,256"),
            figures=("width_unknown",)),
     Preset("bias", "App. E, Fig. 13", "Encoder bias ablation", 40_000, 5, 6,
