@@ -25,6 +25,8 @@ LOGGER_MODES = ("offline", "online", "disabled")
 LOGGERS = ("wandb", "none")
 DICTIONARY_SIMILARITIES = ("pearson", "cosine")
 SUPPORTS = ("fixed_k", "bernoulli")
+DATA_DRAWS = ("sparsegap", "authors")
+INIT_SCHEMES = ("sparsegap", "authors")
 FREQUENCIES = ("uniform", "zipf")
 IMPORTANCES = ("none", "decay")
 COSINE_AXES = ("latent", "sample")  # scenario.cosine: what one cosine similarity runs over
@@ -55,6 +57,9 @@ class DataConfig:
     )
     noise_std: float = 0.0  # standard deviation of additive Gaussian noise on X
     seed: int = 0  # data seed; the replicas share the data and differ only in initialisation
+    # sparsegap (one torch generator, every law below) | authors (the authors' generator draw for
+    # draw: their NumPy and torch calls in their order, paper law only; sparsegap/data/authors.py)
+    draw: str = "sparsegap"
     # Laws beyond the paper's (see sparsegap/data/laws.py, magnitudes.py, dictionaries.py):
     support: str = "fixed_k"  # fixed_k (exactly K, uniformly) | bernoulli (independent, E[L0]=K)
     frequencies: str = "uniform"  # bernoulli firing probabilities p_i: uniform | zipf, Σp_i = K
@@ -215,6 +220,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cache: Any = None  # +cache=build: harvest activations to disk instead of training
     seed: int = 0  # model initialisation seed; replica i is initialised with seed + i
+    # sparsegap (seed + i keyed away from the data stream) | authors (torch.manual_seed(seed + i +
+    # 42) then nn.Linear's default initialisation, as the authors' models; encoders/layers.py)
+    init: str = "sparsegap"
     replicas: int = 5  # independently initialised models trained together on the same data
     steps: int = II("scenario.steps")  # training steps (default: the scenario's paper value)
     eval_every: int = 500  # evaluate every this many steps (plus step 0 and the last step)

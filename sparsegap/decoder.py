@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sparsegap.encoders.layers import per_replica
+from sparsegap.encoders.layers import AuthorsGenerator, authors_decoder_weight, per_replica
 from sparsegap.flops import Flops, renormalise_columns
 
 
@@ -33,7 +33,14 @@ class Decoder(nn.Module):
         if fixed is not None:
             self.register_buffer("weight", fixed.expand(len(generators), *fixed.shape).clone())
         else:
-            weight = per_replica(generators, lambda g: torch.randn(dim, latents, generator=g))
+            weight = per_replica(
+                generators,
+                lambda g: (
+                    authors_decoder_weight(g, dim, latents)
+                    if isinstance(g, AuthorsGenerator)
+                    else torch.randn(dim, latents, generator=g)
+                ),
+            )
             self.weight = nn.Parameter(weight)
         self.renormalise_()
 

@@ -150,7 +150,7 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
     dim = cfg.data.dim if data is None else cfg.data.M
     scenario = SCENARIOS[cfg.scenario.name]
     latents = latents_of(cfg)
-    generators = replica_generators(cfg.seed, cfg.replicas)
+    generators = replica_generators(cfg.seed, cfg.replicas, cfg.init)
     encoder = ENCODERS[cfg.encoder.name](
         cfg.encoder,
         dim=dim,

@@ -15,11 +15,13 @@ from sparsegap.config import (
     COHERENCE_KINDS,
     COSINE_AXES,
     DATA_DICTIONARIES,
+    DATA_DRAWS,
     DATA_SOURCES,
     DEVICES,
     DICTIONARY_SIMILARITIES,
     FREQUENCIES,
     IMPORTANCES,
+    INIT_SCHEMES,
     LOGGER_MODES,
     LOGGERS,
     MAGNITUDES,
@@ -43,9 +45,14 @@ def check_encoder(cfg: DictConfig) -> None:
 def check_data_laws(d: DictConfig) -> None:
     """Checks of the data laws beyond the paper's (support, frequencies, magnitudes, correlation,
     hierarchy, dictionary, noise)."""
+    from sparsegap.data.authors import problems as authors_problems
     from sparsegap.data.dictionaries import gaussian_floor
     from sparsegap.data.laws import firing_probabilities, max_expected_l0
 
+    choice("data.draw", d.draw, DATA_DRAWS)
+    if d.draw == "authors":
+        bad = authors_problems(d)
+        need(not bad, "data.draw", d.draw, f"draws only the authors' law; not {', '.join(bad)}")
     choice("data.support", d.support, SUPPORTS)
     choice("data.frequencies", d.frequencies, FREQUENCIES)
     need(d.zipf_exponent >= 0, "data.zipf_exponent", d.zipf_exponent, "must be >= 0")
@@ -165,6 +172,7 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.cache is None, "cache", "build", "harvesting activations needs data=lm")
 
     e = cfg.encoder
+    choice("init", cfg.init, INIT_SCHEMES)
     choice("encoder.name", e.name, tuple(ENCODERS))
     choice("scenario.name", cfg.scenario.name, tuple(SCENARIOS))
     choice("scenario.cosine", cfg.scenario.cosine, COSINE_AXES)

@@ -16,10 +16,12 @@ from sparsegap.report.reproduction import (
     PRESETS,
     Finding,
     find_sweeps,
+    known_codes,
     known_dictionary,
     regimes,
     settings_of,
     sparsity,
+    unknown,
     write_reproduction,
 )
 
@@ -60,7 +62,8 @@ def test_regimes_note_test_codes_left_near_their_start():
 
 def _replicas(encoder: dict, mcc: list[float], dead: list[float]) -> Job:
     config = {"steps": 20_000, "replicas": len(mcc), "encoder": encoder}
-    record = {"latent_mcc/test": {"replicas": mcc}, "dead_latents/test": {"replicas": dead}}
+    record = {"step": 0, "latent_mcc/test": {"replicas": mcc},
+              "dead_latents/test": {"replicas": dead}}  # fmt: skip
     return Job(Path("j"), "j", "completed", None, config, [], 1.0, [record])
 
 
@@ -72,6 +75,42 @@ def test_known_dictionary_splits_replicas_by_dead_latents():
     assert "the other 1 0.950" in note and "sae:" not in note
     mlp.evaluations[0]["dead_latents/test"]["replicas"] = [0.0, 0.0, 0.0]
     assert not any(n.startswith("Dead latents") for n in known_dictionary([sae, mlp]).notes)
+
+
+def test_known_codes_paper_column_is_the_authors_known_codes_file():
+    sae = _replicas({"name": "sae"}, [0.85, 0.87], [0.0, 0.0])
+    finding = known_codes([sae])
+    assert finding.table[1][:2] == ["sae", "0.862 ± 0.025"]
+    assert next(r for r in finding.table if r[0] == "mlp-1024")[:2] == ["mlp-1024", "0.950"]
+    assert any("fixed_Z_flops_reconstruction.json" in n for n in finding.notes)
+    spread = next(n for n in finding.notes if n.startswith("Spread"))
+    assert "sae 0.850–0.870 over 2 replicas" in spread and "0.862 lies inside" in spread
+
+
+def test_unknown_notes_are_computed_from_the_runs():
+    sc = _replicas({"name": "sparse_coding"}, [0.52, 0.55], [0.0, 0.0])
+    sae = _replicas({"name": "sae"}, [0.5, 0.6], [0.0, 0.0])
+    notes = unknown([sae, sc]).notes
+    assert not any("0.72" in n for n in notes)  # no fixed empirical prose
+    spread = next(n for n in notes if n.startswith("Spread"))
+    assert "sparse_coding 0.520–0.550" in spread and "0.691 lies outside" in spread
+    assert "sae 0.500–0.600" in spread and "0.566 lies inside" in spread
+    sc.evaluations[0]["latent_mcc/test"]["replicas"] = [0.6, 0.75]
+    assert "0.691 lies inside" in next(n for n in unknown([sae, sc]).notes if "Spread" in n)
+
+
+def test_known_dictionary_paper_ito_is_from_scratch():
+    scratch = _replicas({"name": "sae_ito", "init": "scratch"}, [0.96, 0.97], [0.0, 0.0])
+    finding = known_dictionary([scratch])
+    assert next(r for r in finding.table if r[0] == "sae_ito-scratch")[1] == "0.97"
+    assert "0.967 lies inside" in next(n for n in finding.notes if n.startswith("Spread"))
+
+
+def test_settings_name_the_draw_and_initialisation():
+    job = _job(20_000, 5)
+    job.config.update(init="authors", data={"draw": "authors"})
+    text = settings_of(BY_NAME["known_dictionary"], [job] * 5, 5)[1]
+    assert "data draw authors, initialisation authors" in text
 
 
 def test_sparsity_notes_that_exp_codes_have_no_exact_zeros():

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sparsegap.config import DataConfig
+from sparsegap.data.authors import draw as authors_draw
 from sparsegap.data.dictionaries import make_dictionary
 from sparsegap.data.laws import CodeLaw, code_law
 from sparsegap.data.magnitudes import sample_magnitudes
@@ -104,8 +105,11 @@ def make_synthetic(cfg: DataConfig) -> SyntheticData:
     Deterministic for a given ``cfg.seed`` and independent of global RNG state; generated on the
     CPU so a seed gives the same data on every device. Draw order from the one generator: the
     dictionary, per-feature magnitude scales (only if heterogeneous), the supports, the values,
-    the noise — so the defaults give exactly the paper's data.
+    the noise. ``data.draw=authors`` draws the authors' own values instead (``data/authors.py``).
     """
+    if cfg.draw == "authors":
+        dictionary, codes, x = authors_draw(cfg)
+        return _split(cfg, dictionary, codes, x)
     g = torch.Generator().manual_seed(cfg.seed)
     dictionary = make_dictionary(cfg, g)
     law = code_law(cfg, g)
@@ -126,7 +130,11 @@ def make_synthetic(cfg: DataConfig) -> SyntheticData:
     std = _noise_std(cfg, x.double().square().mean().item())
     if std > 0:
         x += std * torch.randn(x.shape, generator=g)
+    return _split(cfg, dictionary, codes, x)
 
+
+def _split(cfg: DataConfig, dictionary: Tensor, codes: Tensor, x: Tensor) -> SyntheticData:
+    """The first ``train_samples`` columns train, the rest test (drawn together, as the authors)."""
     n = cfg.train_samples
     return SyntheticData(
         x_train=x[:, :n].contiguous(),

@@ -16,9 +16,36 @@ from torch import Tensor, nn
 _MODEL_STREAM = 0x5A6E
 
 
-def replica_generators(seed: int, replicas: int) -> list[torch.Generator]:
+# init=authors: the authors' models call torch.manual_seed(run_seed + 42) before building their
+# layers, with run_seed = seed + i for run i (experiments/models.py, known_D.py, unknown_Z_D.py).
+AUTHORS_SEED_OFFSET = 42
+
+
+class AuthorsGenerator(torch.Generator):
+    """A replica's generator under ``init=authors``: seeded ``seed + i + 42`` and drawn from as
+    PyTorch's default ``nn.Linear`` initialisation draws (kaiming-uniform weights with a = √5,
+    uniform biases in ±1/√fan_in, each layer's weight then bias, layers in construction order).
+
+    The authors' SAE and MLP build an ``nn.Linear(N, M)`` decoder after their encoder layers and
+    then replace its weight by ``torch.randn(M, N)``: the replaced layer's draws still advance the
+    stream, so the generator remembers the layers it built (``layered``, ``biased``) and the
+    learned decoder discards the same draws first (``authors_decoder_weight``).
+    """
+
+    layered: bool = False
+    biased: bool = False
+
+
+def replica_generators(
+    seed: int, replicas: int, scheme: str = "sparsegap"
+) -> list[torch.Generator]:
     """One generator per replica, keyed by ``seed + i``, so replica i of an R-replica run is
-    initialised exactly like a one-replica run with seed ``seed + i``."""
+    initialised exactly like a one-replica run with seed ``seed + i``. ``scheme="authors"``: the
+    authors' seeding and draws (``AuthorsGenerator``)."""
+    if scheme == "authors":
+        return [
+            AuthorsGenerator().manual_seed(seed + i + AUTHORS_SEED_OFFSET) for i in range(replicas)
+        ]
     return [torch.Generator().manual_seed(_model_seed(seed + i)) for i in range(replicas)]
 
 
@@ -40,6 +67,26 @@ def uniform_init(
     return per_replica(generators, lambda g: (torch.rand(shape, generator=g) * 2 - 1) * bound)
 
 
+def _authors_linear(g: AuthorsGenerator, fan_in: int, fan_out: int, bias: bool) -> list[Tensor]:
+    """Weight (out, in) and bias (out, 1) exactly as ``nn.Linear(fan_in, fan_out)`` initialises
+    them after ``torch.manual_seed`` (its ``reset_parameters``, with this generator)."""
+    g.layered, g.biased = True, bias
+    weight = nn.init.kaiming_uniform_(torch.empty(fan_out, fan_in), a=math.sqrt(5), generator=g)
+    if not bias:
+        return [weight]
+    bound = 1 / math.sqrt(fan_in)
+    return [weight, nn.init.uniform_(torch.empty(fan_out, 1), -bound, bound, generator=g)]
+
+
+def authors_decoder_weight(g: AuthorsGenerator, dim: int, latents: int) -> Tensor:
+    """The authors' learned dictionary (M, N): ``torch.randn(M, N)``, after the draws of the
+    ``nn.Linear(N, M)`` decoder it replaces when their model has layers (SAE, MLP; their sparse
+    coding draws its dictionary first)."""
+    if g.layered:
+        _authors_linear(g, latents, dim, g.biased)
+    return torch.randn(dim, latents, generator=g)
+
+
 class ReplicaLinear(nn.Module):
     """R independent linear maps y = W·x (+ b) on column batches.
 
@@ -54,6 +101,11 @@ class ReplicaLinear(nn.Module):
         super().__init__()
         bound = 1 / math.sqrt(fan_in)
         self.fan_in, self.fan_out, self.replicas = fan_in, fan_out, len(generators)
+        if all(isinstance(g, AuthorsGenerator) for g in generators):
+            drawn = [_authors_linear(g, fan_in, fan_out, bias) for g in generators]
+            self.weight = nn.Parameter(torch.stack([d[0] for d in drawn]))
+            self.bias = nn.Parameter(torch.stack([d[1] for d in drawn])) if bias else None
+            return
         self.weight = nn.Parameter(uniform_init(generators, (fan_out, fan_in), bound))
         self.bias = nn.Parameter(uniform_init(generators, (fan_out, 1), bound)) if bias else None
 
