@@ -11,7 +11,8 @@ import torch
 from helpers import compose_config
 from torch import nn
 
-from sparsegap.config import ConfigError, DataConfig, validate
+from sparsegap.config import ConfigError, DataConfig
+from sparsegap.validate import validate
 from sparsegap.data import make_synthetic
 from sparsegap.encoders.layers import ReplicaLinear, replica_generators
 
