@@ -12,9 +12,9 @@ from helpers import compose_config
 from torch import nn
 
 from sparsegap.config import ConfigError, DataConfig
-from sparsegap.validate import validate
 from sparsegap.data import make_synthetic
 from sparsegap.encoders.layers import ReplicaLinear, replica_generators
+from sparsegap.validate import validate
 
 # The paper's data seed (known codes, known dictionary), 6 + 4 samples of the default regime:
 # written once by make_synthetic(DataConfig(train_samples=6, test_samples=4, seed=20240625,
