@@ -47,8 +47,8 @@ class DataConfig:
     N: int = 16  # number of true sparse sources (dictionary atoms)
     M: int = 8  # number of measurements (dimension of X)
     K: int = 3  # active sources per sample (fixed_k: exactly, uniformly; bernoulli: expected L0)
-    train_samples: int = 1024
-    test_samples: int = 1024
+    train_samples: int = 1024  # training samples (columns of X); the paper: 1,024
+    test_samples: int = 1024  # held-out samples the test metrics are computed on
     # > 0: train on batches of this many samples drawn on the fly (data.train_samples per epoch,
     # the same batches every epoch), never holding the training set; 0 = the paper's full batch.
     stream_batch: int = 0
@@ -98,7 +98,7 @@ class LMDataConfig:
     model_device: str | None = None  # device of the model forward; null = device.name
     model_batch: int = 32  # contexts per model forward
     dataset: str = "Skylion007/openwebtext"  # Hugging Face datasets name, streamed
-    dataset_split: str = "train"
+    dataset_split: str = "train"  # split of data.dataset to stream
     text_column: str = "text"  # the text field of the dataset's rows and of JSONL files
     text_files: str | None = None  # glob of local .txt (one document per line) or .jsonl files
     context: int = 128  # tokens per context, BOS included
@@ -196,10 +196,10 @@ class LoggerConfig:
     # later); logger.mode=online streams live. none: no W&B run.
     name: str = "wandb"
     mode: str = "${oc.env:WANDB_MODE,offline}"  # offline (default) | online | disabled
-    project: str = "sparsegap"
-    entity: str | None = None
+    project: str = "sparsegap"  # W&B project
+    entity: str | None = None  # W&B entity (user or team); null = your default
     group: str | None = None  # null = the multirun's sweep folder name (single runs: no group)
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # extra W&B tags
 
 
 @dataclass
