@@ -124,7 +124,7 @@ def print_summary(tracker: Tracker, run_dir: Path) -> None:
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://sparsegap.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

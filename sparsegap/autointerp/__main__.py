@@ -38,7 +38,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     return float(summary["f1_mean"])
 
 
-@hydra.main(version_base="1.3", config_path="../../conf/autointerp", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://sparsegap.conf.autointerp", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
