@@ -25,6 +25,8 @@ from sparsegap.config import (
     to_container,
     validate,
 )
+from sparsegap.encoders import ENCODERS
+from sparsegap.extras import require
 from sparsegap.runtime import keep_freed_memory, run_entry_point
 from sparsegap.tracking import Tracker
 
@@ -34,6 +36,7 @@ register_configs()
 def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None) -> float:
     """Validate, train and track one configuration; returns the final mean test latent MCC
     (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
+    require_extras(cfg)
     from sparsegap.train import build, train, train_activations  # heavy imports after validation
 
     validate(cfg)
@@ -67,6 +70,16 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
             model.save(run_dir / "model.pt")
     print_summary(tracker, run_dir)
     return float((tracker.last or {})[key]["mean"])
+
+
+def require_extras(cfg: DictConfig) -> None:
+    """One error line, before anything runs, when the configuration needs an extra that is not
+    installed (sparsegap.extras)."""
+    if is_lm(cfg):
+        require("lm", "data=lm")
+    encoder = ENCODERS.get(cfg.encoder.name)
+    if encoder is not None and encoder.extra is not None:
+        require(encoder.extra, f"encoder={cfg.encoder.name}")
 
 
 def _continued_run(cfg: DictConfig, run_dir: Path) -> tuple[Path, bool]:

@@ -276,7 +276,7 @@ class SklearnDLConfig(EncoderConfig):
     """scikit-learn's DictionaryLearning (coordinate descent, non-negative codes), one model per
     replica (random_state = seed + i); each training step runs ``iterations_per_step`` of its
     alternating iterations warm-started from the previous step. Test codes: non-negative
-    LARS-lasso (sklearn's transform). Needs ``pip install -e '.[sklearn]'``."""
+    LARS-lasso (sklearn's transform). Needs the extra ``sparsegap[sklearn]``."""
 
     name: str = "sklearn_dl"
     alpha: float = 0.05  # sklearn's L1 weight: ½||x − D·s||² + alpha·|s|₁ per sample
