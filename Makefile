@@ -1,7 +1,10 @@
 # Two commands from a fresh clone: `make run` (default experiment) and `make test` (the suite).
-# Both create .venv when missing and install the pinned dependencies; both are idempotent.
+# Both create .venv when missing and install what they need (`make run` the core package,
+# `make test` also the extras the suite exercises, at the versions in tests/constraints.txt);
+# both are idempotent.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+DEV     := .venv/.installed-dev
 TRITON  := .venv/.triton
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -12,11 +15,18 @@ $(PY):
 	python3 -m venv .venv
 
 # torch first: the pinned CPU wheel, so no multi-GB CUDA build is pulled in by a dependency.
+# The core install: every synthetic experiment, no language-model or LLM-client packages.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+# What the suite (and the paper's scikit-learn baseline) needs: the lm, autointerp and sklearn
+# extras, pytest and ruff.
+$(DEV): $(STAMP) tests/constraints.txt
+	$(PY) -m pip install --quiet -c tests/constraints.txt -e '.[dev]'
+	touch $(DEV)
 
 run: $(STAMP)
 	$(PY) -m sparsegap device=cpu
@@ -24,7 +34,7 @@ run: $(STAMP)
 # The tests run the fused step's Triton kernels through Triton's CPU interpreter: Triton itself
 # (Linux x86-64 wheels only) comes with CUDA builds of torch, not with the CPU wheel, so the test
 # set-up adds it where it is missing (tests/test_fused.py skips on other platforms).
-$(TRITON): $(STAMP)
+$(TRITON): $(DEV)
 	@if ! $(PY) -c "import triton" 2>/dev/null && [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ]; \
 	then $(PY) -m pip install --quiet triton==3.9.0; fi
 	touch $(TRITON)
@@ -80,7 +90,7 @@ gpu-check:
 # pure-Python distributions the framework, its GPU tests and transformer-lens import (about 21 MiB,
 # listed in bench_gpu.SITE_DISTRIBUTIONS) into .bench-site, which bench_gpu and gpu-check add to
 # the path; carry .bench-site along.
-bench-gpu-site: $(STAMP)
+bench-gpu-site: $(DEV)
 	$(PY) -m sparsegap.bench_gpu --write-site .bench-site
 
 # The paper's whole unknown-scenario experiment (Fig. 4: 5 encoders × 5 replicas × 40,000 steps),
@@ -96,16 +106,16 @@ bench-experiment: $(STAMP)
 # QUICK=1: few steps, 2 replicas, small grids, written under PAPER_DIR/docs (docs/ is untouched).
 PAPER_DIR ?= outputs/paper$(if $(QUICK),-quick)
 PAPER_DOCS ?= $(if $(QUICK),$(PAPER_DIR)/docs,docs)
-paper: $(STAMP)
+paper: $(DEV)
 	start=$$(date +%s); $(PY) -m sparsegap.report.reproduction run $(PAPER_DIR) \
 	  $(if $(QUICK),--quick) --docs $(PAPER_DOCS) || exit $$?; \
 	echo "make paper$(if $(QUICK), QUICK=1): $$(( $$(date +%s) - start )) s wall"
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(PY) -m ruff check sparsegap tests
 	$(PY) -m ruff format --check sparsegap tests
 
-format: $(STAMP)
+format: $(DEV)
 	$(PY) -m ruff format sparsegap tests
 	$(PY) -m ruff check --fix sparsegap tests
 

@@ -18,6 +18,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparsegap.config import ConfigError, is_lm, to_container
+from sparsegap.encoders import ENCODERS
+from sparsegap.extras import require
 from sparsegap.registry import register_configs
 from sparsegap.runtime import keep_freed_memory, run_entry_point
 from sparsegap.tracking import Tracker
@@ -28,6 +30,7 @@ register_configs()
 def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None) -> float:
     """Validate, train and track one configuration; returns the final mean test latent MCC
     (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
+    require_extras(cfg)
     from sparsegap.train import build, train, train_activations  # heavy imports after validation
     from sparsegap.validate import fill_defaults, validate
 
@@ -62,6 +65,16 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
             model.save(run_dir / "model.pt")
     print_summary(tracker, run_dir)
     return float((tracker.last or {})[key]["mean"])
+
+
+def require_extras(cfg: DictConfig) -> None:
+    """One error line, before anything runs, when the configuration needs an extra that is not
+    installed (sparsegap.extras)."""
+    if is_lm(cfg):
+        require("lm", "data=lm")
+    encoder = ENCODERS.get(cfg.encoder.name)
+    if encoder is not None and encoder.extra is not None:
+        require(encoder.extra, f"encoder={cfg.encoder.name}")
 
 
 def _continued_run(cfg: DictConfig, run_dir: Path) -> tuple[Path, bool]:
@@ -119,8 +132,8 @@ def print_summary(tracker: Tracker, run_dir: Path) -> None:
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+@hydra.main(version_base="1.3", config_path="pkg://sparsegap.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
@@ -130,6 +143,18 @@ def main(cfg: DictConfig) -> float:
     return run_entry_point(lambda: run(cfg, run_dir, group=group, name=name), multirun)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The console script and ``python -m sparsegap``: ``--help`` (``-h``) prints every group,
+    option and field from the schemas (sparsegap/cli_help.py); everything else goes to Hydra
+    (``--hydra-help`` for Hydra's own)."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        from sparsegap.cli_help import render
+
+        print(render())
+        return
+    _hydra_main()
+
+
+if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ from helpers import compose_config, read_metrics
 
 from sparsegap.__main__ import run
 from sparsegap.config import ConfigError
+from sparsegap.extras import MissingExtra
 from sparsegap.train import build, make_step
 from sparsegap.validate import validate
 
@@ -133,5 +134,5 @@ def test_declared_matmul_flops_match_a_training_step(update):
 def test_sklearn_dl_without_scikit_learn_names_the_extra(monkeypatch):
     for name in ("sklearn", "sklearn.decomposition", "sklearn.exceptions"):
         monkeypatch.setitem(__import__("sys").modules, name, None)
-    with pytest.raises(ImportError, match=r"pip install -e '\.\[sklearn\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'sparsegap\[sklearn\]'"):
         build(compose_config(["encoder=sklearn_dl", *SMALL]))

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparsegap.autointerp.config import register_configs, validate
+from sparsegap.extras import require
 from sparsegap.runtime import run_entry_point
 
 register_configs()
@@ -23,6 +24,7 @@ register_configs()
 
 def run(cfg: DictConfig, out_dir: Path) -> float:
     """Validate, then explain and score; returns the mean F1 of the scored features."""
+    require("autointerp", "sparsegap.autointerp")
     from sparsegap.autointerp import source
     from sparsegap.autointerp.pipeline import execute
 
@@ -38,7 +40,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     return float(summary["f1_mean"])
 
 
-@hydra.main(version_base="1.3", config_path="../../conf/autointerp", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://sparsegap.conf.autointerp", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

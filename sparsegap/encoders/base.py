@@ -63,6 +63,9 @@ class Encoder(nn.Module):
     # Whether ``fast_step`` is implemented; the loop uses it for reconstruction losses unless
     # ``encoder.fast_step=false``.
     has_fast_step: ClassVar[bool] = False
+    # The pyproject extra whose packages the encoder imports (sparsegap.extras.EXTRAS), if any:
+    # the entry point checks it before anything runs.
+    extra: ClassVar[str | None] = None
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""scikit-learn's ``DictionaryLearning`` as a baseline (optional: ``pip install -e '.[sklearn]'``).
+"""scikit-learn's ``DictionaryLearning`` as a baseline (the optional extra ``sparsegap[sklearn]``).
 
 One sklearn model per replica, ``random_state`` = seed + i (a persistent ``RandomState``), fitted by
 coordinate descent with non-negative codes (``fit_algorithm='cd', positive_code=True,
@@ -28,6 +28,7 @@ from torch import Tensor
 from sparsegap.config import EncoderConfig
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.errors import need
+from sparsegap.extras import require
 from sparsegap.flops import Flops, renormalise_columns
 
 # Coordinate-descent sweeps per sparse-coding pass assumed by the FLOP estimate.
@@ -35,13 +36,10 @@ CD_SWEEPS = 10
 
 
 def _sklearn():
-    try:
-        import sklearn.decomposition
-        from sklearn.exceptions import ConvergenceWarning
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "encoder=sklearn_dl needs scikit-learn, an optional extra: pip install -e '.[sklearn]'"
-        ) from error
+    require(SklearnDL.extra, "encoder=sklearn_dl")
+    import sklearn.decomposition
+    from sklearn.exceptions import ConvergenceWarning
+
     return sklearn.decomposition, ConvergenceWarning
 
 
@@ -66,6 +64,7 @@ class SklearnDL(Encoder):
     kind = "iterative"
     scenarios = ("unknown",)
     per_sample = True
+    extra = "sklearn"
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
