@@ -140,14 +140,19 @@ def presets(group: str) -> list[tuple[str, str]]:
         return []
     out = []
     for f in files:
-        comment = ""
+        comment = []  # the file's opening comment, up to its first full stop
         for line in f.read_text().splitlines():
             if line.startswith("# @package"):
                 continue
-            if line.startswith("#"):
-                comment = line.lstrip("#").strip()
-            break
-        out.append((f.name.removesuffix(".yaml"), comment))
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("#").strip())
+            if comment[-1].endswith((".", ":")):
+                break
+        text = " ".join(comment).rstrip(".:")
+        if len(text) > 120:
+            text = text[:117].rsplit(" ", 1)[0] + " …"
+        out.append((f.name.removesuffix(".yaml"), text))
     return out
 
 
