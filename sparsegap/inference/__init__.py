@@ -5,7 +5,14 @@ that infer codes at test time (sparse coding, SAE+ITO) select one with ``encoder
 """
 
 # Each algorithm module registers itself on import.
-from sparsegap.inference import adam_log, gradient_pursuit, ista, matching_pursuit, topk  # noqa: F401
+from sparsegap.inference import (  # noqa: F401
+    adam_log,
+    gradient_pursuit,
+    ista,
+    matching_pursuit,
+    refit,
+    topk,
+)
 from sparsegap.inference.base import INFERENCE, Inference, build_inference, register_inference
 
 __all__ = ["INFERENCE", "Inference", "build_inference", "register_inference"]
