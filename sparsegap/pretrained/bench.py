@@ -20,8 +20,15 @@ from sparsegap.inference.matching_pursuit import OrthogonalMatchingPursuit
 from sparsegap.inference.refit import Refit
 
 
-def throughput(dim: int = 768, latents: int = 4096, tokens: int = 4096, fista_iterations: int = 100,
-               ito_iterations: int = 100, k: int = 32, batch: int = 1024) -> dict[str, float]:  # fmt: skip
+def throughput(
+    dim: int = 768,
+    latents: int = 4096,
+    tokens: int = 4096,
+    fista_iterations: int = 100,
+    ito_iterations: int = 100,
+    k: int = 32,
+    batch: int = 1024,
+) -> dict[str, float]:
     """ms per 1,000 tokens of: encoder, refit, fista, omp (k), ito, each over ``tokens``."""
     g = torch.Generator().manual_seed(0)
     atoms = torch.nn.functional.normalize(torch.randn(1, dim, latents, generator=g), dim=1)
@@ -57,13 +64,21 @@ def throughput(dim: int = 768, latents: int = 4096, tokens: int = 4096, fista_it
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name, default in [("dim", 768), ("latents", 4096), ("tokens", 4096),
-                          ("fista_iterations", 100), ("ito_iterations", 100), ("k", 32)]:  # fmt: skip
+    for name, default in [
+        ("dim", 768),
+        ("latents", 4096),
+        ("tokens", 4096),
+        ("fista_iterations", 100),
+        ("ito_iterations", 100),
+        ("k", 32),
+    ]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     args = parser.parse_args()
     results = throughput(**vars(args))
-    print(f"d={args.dim}, {args.latents} latents, {args.tokens} tokens, {torch.get_num_threads()}"
-          f" threads: ms per 1,000 tokens")  # fmt: skip
+    print(
+        f"d={args.dim}, {args.latents} latents, {args.tokens} tokens, {torch.get_num_threads()}"
+        f" threads: ms per 1,000 tokens"
+    )
     for name, ms in results.items():
         print(f"  {name:<8} {ms:10.1f}")
 
