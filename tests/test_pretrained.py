@@ -255,7 +255,7 @@ def saelens_max_diff(folder: Path, x: torch.Tensor) -> float:
     script = (
         "import sys, torch; from sae_lens import SAE; sae = SAE.load_from_disk(sys.argv[1]);"
         " x = torch.load(sys.argv[1] + '/x.pt'); c = sae.encode(x);"
-        " torch.save({'codes': c, 'recon': sae.decode(c)}, sys.argv[1] + '/out.pt')"
+        " torch.save({'codes': c.detach(), 'recon': sae.decode(c).detach()}, sys.argv[1] + '/out.pt')"
     )
     subprocess.run([SAELENS_PYTHON, "-c", script, str(folder)], check=True, timeout=300)
     out = torch.load(folder / "out.pt")
@@ -306,7 +306,9 @@ def test_hook_problems_fail_before_harvesting(tiny, tmp_path, override, message)
         env={**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert result.returncode == 2 and message in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and "harvesting" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0])
+    assert "harvesting" not in result.stderr
 
 
 def test_shape_mismatch_with_the_hook(tiny, tmp_path):
