@@ -255,7 +255,8 @@ def saelens_max_diff(folder: Path, x: torch.Tensor) -> float:
     script = (
         "import sys, torch; from sae_lens import SAE; sae = SAE.load_from_disk(sys.argv[1]);"
         " x = torch.load(sys.argv[1] + '/x.pt'); c = sae.encode(x);"
-        " torch.save({'codes': c.detach(), 'recon': sae.decode(c).detach()}, sys.argv[1] + '/out.pt')"
+        " r = sae.decode(c); out = {'codes': c.detach(), 'recon': r.detach()};"
+        " torch.save(out, sys.argv[1] + '/out.pt')"
     )
     subprocess.run([SAELENS_PYTHON, "-c", script, str(folder)], check=True, timeout=300)
     out = torch.load(folder / "out.pt")
