@@ -125,16 +125,16 @@ def load_transformer(
     data_cfg: DictConfig, device: str | torch.device | None = None
 ) -> TransformerBridge:
     """The transformer of ``data_cfg`` (``data.model_path`` if set, else the hub name
-    ``data.model``) as a transformer-lens ``TransformerBridge`` in eval mode, on ``device``
+    ``data.model``) as a hooked transformer-lens model (``lm_model``: 4.x ``TransformerBridge``,
+    3.x ``HookedTransformer``) in eval mode, on ``device``
     (default ``data.model_device``, else CUDA when available). Checks the hook point exists."""
-    from transformer_lens.model_bridge import TransformerBridge
+    from sparsegap.data.lm_model import load_language_model
 
     check_model(data_cfg)
     device = resolve_device(str(device or data_cfg.model_device or "auto"))
-    bridge = TransformerBridge.boot_transformers(
+    bridge = load_language_model(
         data_cfg.model_path or data_cfg.model, device=device, dtype=getattr(torch, data_cfg.dtype)
     )
-    bridge.eval()
     if data_cfg.hook not in bridge.hook_dict:
         last = bridge.cfg.n_layers - 1
         raise ConfigError(

@@ -1,0 +1,120 @@
+"""Support-restricted refit: non-negative least squares on a given support.
+
+An amortised encoder picks *which* latents fire and *how much*; its values are shrunk (an L1
+penalty, a bias) even when its support is right. The refit keeps the support Ω of ``init`` (the
+encoder's codes, or FISTA's when no ``init`` is given) and solves, per sample,
+
+    min ||D_Ω·s - x||²  over s ≥ 0  (s = 0 off Ω)
+
+exactly, so it removes the shrinkage at the same L0 (never more: NNLS may zero a slot). With
+``nonnegative`` false it is plain least squares on Ω. It serves both the pretrained-SAE gap
+measurement (``init`` = the SAE's codes) and ``encoder.inference.name=refit`` (the support of
+whatever ``init`` the encoder passes, else of FISTA with the configured L1 weight and
+iterations).
+
+The solve is Lawson–Hanson warm-started from the initial codes: their positive values are
+feasible, so the inner loop (solve on the free set, step back to the boundary, drop the blocking
+slot) starts from the whole support, and ``matching_pursuit.nnls`` then re-frees any dropped slot
+whose dual is positive. Samples are processed in chunks whose gathered atoms (b, M, T) stay
+within ``CHUNK_ELEMENTS``; T is the largest support in the chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsegap.flops import Flops
+from sparsegap.inference.base import Inference, register_inference
+from sparsegap.inference.ista import FISTA
+from sparsegap.inference.matching_pursuit import ZERO_CORRELATION_EPS, masked_solve, nnls
+
+CHUNK_ELEMENTS = 1 << 24  # gathered atoms per chunk: 64 MB in float32
+
+
+@register_inference
+class Refit(Inference):
+    name = "refit"
+    label = "NNLS refit"
+
+    def __init__(self, cfg, l1_coeff: float) -> None:
+        super().__init__(cfg, l1_coeff)
+        self.nonnegative = cfg.nonnegative
+        # The support size FLOPs are counted for (the data decides the real one): the atom
+        # budget k when set, else the mean support of the last call.
+        self.support_size: float | None = cfg.k
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor:
+        if init is None:
+            init = FISTA(self.cfg, self.l1_coeff)(x, atoms)
+        replicas, dim, latents = atoms.shape
+        samples = x.shape[1]
+        out = torch.zeros(replicas, latents, samples, dtype=atoms.dtype, device=atoms.device)
+        support = init != 0
+        sizes = support.sum(dim=1)  # (R, B)
+        self.support_size = float(sizes.double().mean()) if sizes.numel() else 0.0
+        widest = int(sizes.max()) if sizes.numel() else 0
+        if widest == 0:
+            return out
+        chunk = max(1, CHUNK_ELEMENTS // (replicas * dim * widest))
+        for start in range(0, samples, chunk):
+            part = slice(start, min(start + chunk, samples))
+            out[:, :, part] = self._solve(x[:, part], atoms, init[:, :, part], support[:, :, part])
+        return out
+
+    def _solve(self, x: Tensor, atoms: Tensor, init: Tensor, support: Tensor) -> Tensor:
+        replicas, _, latents = atoms.shape
+        width = max(int(support.sum(dim=1).max()), 1)
+        # The support's indices first in each column (R, B, T); padding slots are invalid.
+        valid, index = support.transpose(1, 2).to(atoms.dtype).topk(width, dim=-1, sorted=False)
+        valid = valid > 0
+        replica = torch.arange(replicas, device=atoms.device)[:, None, None]
+        chosen = atoms.transpose(1, 2)[replica, index]  # (R, B, T, M)
+        gram = chosen @ chosen.transpose(-1, -2)  # (R, B, T, T)
+        rhs = (chosen @ x.T.to(atoms.dtype)[None, :, :, None]).squeeze(-1)  # (R, B, T)
+        start = init.transpose(1, 2).gather(-1, index)
+        if self.nonnegative:
+            floor = ZERO_CORRELATION_EPS * torch.finfo(atoms.dtype).eps * x.norm(dim=0)
+            coef = descend(gram, rhs, valid, start.clamp_min(0) * valid)
+            coef = nnls(gram, rhs, valid, coef, floor.to(atoms.dtype).expand(replicas, -1))
+        else:
+            coef = masked_solve(gram, rhs, valid)
+        dense = coef.new_zeros(replicas, x.shape[1], latents)
+        dense.scatter_add_(-1, index, torch.where(valid, coef, 0.0))
+        return dense.transpose(1, 2)
+
+    def flops(self, samples: int, latents: int, dim: int) -> Flops:
+        """Per call: the support's Gram matrix and Dᵀx (2·M·T² + 2·M·T per sample) and about
+        three T×T solves per sample (Lawson–Hanson's pass count depends on the data), for the
+        support size T = ``support_size``; plus FISTA's count when it finds the support."""
+        t = round(self.support_size or 0)
+        per_sample = Flops(
+            matmul=2 * dim * t * t + 2 * dim * t, elementwise=3 * (2 * t**3 // 3 + 4 * t * t)
+        )
+        return per_sample * samples
+
+    def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
+        return self.flops(samples, latents, dim)
+
+
+def descend(gram: Tensor, rhs: Tensor, free: Tensor, coef: Tensor) -> Tensor:
+    """Lawson–Hanson's inner loop from feasible ``coef`` (≥ 0, positive on ``free``): solve on
+    the free set; where that leaves the non-negative orthant, step back to its boundary and drop
+    the blocking slots. Returns the solution on the final free set (at most T + 1 passes)."""
+    tiny = torch.finfo(gram.dtype).tiny
+    slots = torch.arange(gram.shape[-1], device=gram.device)
+    free = free & (coef > 0)
+    for _ in range(gram.shape[-1] + 1):
+        z = masked_solve(gram, rhs, free)
+        bad = free & (z <= 0)
+        infeasible = bad.any(-1, keepdim=True)
+        ratio = torch.where(bad, coef / (coef - z).clamp_min(tiny), float("inf"))
+        alpha, block = ratio.min(-1, keepdim=True)
+        stepped = coef + alpha.clamp(max=1.0) * (z - coef)
+        coef = torch.where(infeasible, stepped, z).clamp_min(0.0)
+        free = free & ~(infeasible & ((slots == block) | (coef <= 0)))
+        coef = torch.where(free, coef, 0.0)
+        if not infeasible.any():
+            break
+    return coef
