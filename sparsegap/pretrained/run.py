@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sparsegap.config import ConfigError, resolve_device, to_container
+from sparsegap.config import ConfigError, to_container
 from sparsegap.pretrained.config import METHODS
 from sparsegap.pretrained.sae import PretrainedSAE
+from sparsegap.runtime import resolve_device
 
 
 def load(cfg: DictConfig) -> PretrainedSAE:
