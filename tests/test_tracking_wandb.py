@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ def read_records(path: Path) -> list[Any]:
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def read_finished_run(path: Path, timeout: float = 60.0) -> list[Any]:
+    """The records of a finished run. W&B's core process writes the file behind the run's
+    ``finish``: wait for its exit record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path) if path.exists() else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"no exit record in {path} after {timeout} s"
+        time.sleep(0.2)
 
 
 def _key(item: Any) -> str:
@@ -110,7 +123,7 @@ def test_the_tracker_logs_every_record_and_the_summary_to_wandb(tmp_path, wandb_
     with Tracker(tmp_path / "run", {"lr": 0.5}, LOGGER, group="g1", name="n1") as tracker:
         for record in RECORDS:
             tracker.log(record)
-    records = read_records(run_file(tracker))
+    records = read_finished_run(run_file(tracker))
 
     run_record = the_run(records)
     assert (run_record.run_group, run_record.display_name) == ("g1", "n1")
@@ -139,11 +152,21 @@ def test_the_tracker_logs_every_record_and_the_summary_to_wandb(tmp_path, wandb_
     assert [e.exit_code for e in exits] == [0]
 
 
+def test_a_failed_run_is_marked_failed_in_wandb(tmp_path, wandb_dir):
+    with pytest.raises(RuntimeError), Tracker(tmp_path / "run", {}, LOGGER) as tracker:
+        tracker.log(RECORDS[0])
+        raise RuntimeError("boom")
+    records = read_finished_run(run_file(tracker))
+    assert [r["step"] for r in history(records)] == [0]
+    assert summary(records)["status"] == "failed"
+    assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [1]
+
+
 def test_a_training_run_mirrors_its_metrics_in_wandb(tmp_path, wandb_dir):
     run(compose_config(["logger=wandb", "steps=20", "eval_every=10"]), tmp_path / "run")
     files = list(wandb_dir.rglob("run-*.wandb"))
     assert len(files) == 1, files
-    records = read_records(files[0])
+    records = read_finished_run(files[0])
     logged, rows = read_metrics(tmp_path / "run"), history(records)
     rows = [r for r in rows if "latent_mcc/test" in r]  # not the feature-density histograms
     assert [r["step"] for r in rows] == [r["step"] for r in logged] == [0, 10, 20]
