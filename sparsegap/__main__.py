@@ -34,7 +34,8 @@ register_configs()
 def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None) -> float:
     """Validate, train and track one configuration; returns the final mean test latent MCC
     (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
-    from sparsegap.train import build, train, train_activations  # heavy imports after validation
+    from sparsegap.model import build  # heavy imports after validation
+    from sparsegap.train import train, train_activations
 
     validate(cfg)
     fill_defaults(cfg)

@@ -10,7 +10,8 @@ from helpers import compose_config, read_metrics
 
 from sparsegap.__main__ import run
 from sparsegap.config import ConfigError, validate
-from sparsegap.train import build, make_step
+from sparsegap.model import build
+from sparsegap.step import make_step
 
 SMALL = ["steps=30", "eval_every=15", "data.train_samples=256", "data.test_samples=128"]
 

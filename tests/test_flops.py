@@ -20,8 +20,9 @@ from sparsegap.config import InferenceConfig, register_configs, validate
 from sparsegap.encoders import ENCODERS
 from sparsegap.flops import Flops
 from sparsegap.inference.adam_log import AdamLog
+from sparsegap.model import Model, build
 from sparsegap.scenarios import SCENARIOS
-from sparsegap.train import Model, build, make_step
+from sparsegap.step import make_step
 
 CONF = Path(__file__).parents[1] / "conf"
 REL_TOL = 0.10

@@ -9,8 +9,9 @@ import torch
 from helpers import compose_config, read_metrics, read_summary
 
 from sparsegap.__main__ import run
+from sparsegap.model import build
 from sparsegap.scenarios import SCENARIOS
-from sparsegap.train import build, make_step
+from sparsegap.step import make_step
 
 PAIRS = [(s.name, e) for s in SCENARIOS.values() for e in s.encoders]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sparsegap.accel.native.mlp_step import NativeMLPStep
+from sparsegap.accel.reconstruction import reconstruction_backward, relu_backward
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
-from sparsegap.native.mlp_step import NativeMLPStep
-from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
 @register_encoder

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sparsegap.accel.reconstruction import reconstruction_backward
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.flops import Flops
 from sparsegap.inference import build_inference
-from sparsegap.scenarios import reconstruction_backward
 
 
 @register_encoder
