@@ -70,28 +70,28 @@ CUDA_PY = $(shell for c in $(PY) python3 python; do \
 # it with .venv's other packages.
 bench-gpu:
 	@py="$(CUDA_PY)"; if [ -z "$$py" ]; then echo "no CUDA torch found: CPU smoke test (--small)"; \
-	  $(PY) -m sparsegap.bench_gpu --small; else $$py -m sparsegap.bench_gpu $(ARGS); fi
+	  $(PY) -m sparsegap.bench.gpu --small; else $$py -m sparsegap.bench.gpu $(ARGS); fi
 
 # A GPU machine's whole check in one command, offline, no install (bench-gpu's --budget bounds it):
 # the `gpu`-marked tests (only their files are collected: a CUDA image may lack the packages of
 # others, e.g. openai's compiled ones), then bench-gpu with the per-kernel profile of the fastest
 # fused step.
 # On a machine without the .venv: `make bench-gpu-site` first, where pip works, and bring
-# .bench-site along. ARGS go to bench_gpu (labels to run or skip, '|'-separated, e.g.
+# .bench-site along. ARGS go to bench.gpu (labels to run or skip, '|'-separated, e.g.
 # ARGS='--only "fused step|MLP" --skip compile --budget 200').
 gpu-check:
 	@py="$(CUDA_PY)"; test -n "$$py" || { echo "gpu-check: no Python here whose torch sees a CUDA GPU"; exit 2; }; \
 	echo "gpu-check: $$py"; status=0; \
 	PYTHONPATH="$(CURDIR)/.bench-site$${PYTHONPATH:+:$$PYTHONPATH}" $$py -m pytest -q -p no:cacheprovider \
 	  -m gpu $$(grep -l "mark.gpu" tests/test_*.py) || status=$$?; \
-	$$py -m sparsegap.bench_gpu --profile $(ARGS) || status=$$?; exit $$status
+	$$py -m sparsegap.bench.gpu --profile $(ARGS) || status=$$?; exit $$status
 
 # For a GPU machine whose Python is not the .venv's (another version, no .venv): copy the
 # pure-Python distributions the framework, its GPU tests and transformer-lens import (about 21 MiB,
-# listed in bench_gpu.SITE_DISTRIBUTIONS) into .bench-site, which bench_gpu and gpu-check add to
+# listed in bench.gpu.SITE_DISTRIBUTIONS) into .bench-site, which bench-gpu and gpu-check add to
 # the path; carry .bench-site along.
 bench-gpu-site: $(DEV)
-	$(PY) -m sparsegap.bench_gpu --write-site .bench-site
+	$(PY) -m sparsegap.bench.gpu --write-site .bench-site
 
 # The paper's whole unknown-scenario experiment (Fig. 4: 5 encoders × 5 replicas × 40,000 steps),
 # two jobs at a time (longest first) on the local cores, one torch thread each; prints the wall time.

@@ -31,7 +31,8 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
     """Validate, train and track one configuration; returns the final mean test latent MCC
     (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
     require_extras(cfg)
-    from sparsegap.train import build, train, train_activations  # heavy imports after validation
+    from sparsegap.model import build  # heavy imports after validation
+    from sparsegap.train import train, train_activations
     from sparsegap.validate import fill_defaults, validate
 
     validate(cfg)

@@ -17,16 +17,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from sparsegap.config import ConfigError, to_container
-
-if TYPE_CHECKING:
-    from sparsegap.train import Model, Step
+from sparsegap.model import Model, build
+from sparsegap.step import Step
 
 FOLDER = "checkpoint"
 # Keys that may change between a run and its continuation (not what is trained, nor how).
@@ -106,8 +105,6 @@ def load_model(
     run's config. ``model.encoder(x)`` gives codes (R, L, B) for x (d, B) in the training
     scale: multiply activations by ``cfg.data.input_scale`` first; ``model.decoder(codes)``
     reconstructs (R, d, B). The model's ``data`` is None (no activations are loaded)."""
-    from sparsegap.train import build
-
     folder = folder_of(run_or_checkpoint_dir)
     cfg = read_config(folder)
     model = build(cfg, torch.device(device))

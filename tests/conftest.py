@@ -29,7 +29,7 @@ _TEMP_DIRS = {
     "WANDB_CONFIG_DIR": "wandb-config",
     "WANDB_DATA_DIR": "wandb-data",
     "HF_HOME": "hf-home",
-    "SPARSEGAP_CACHE_DIR": "sparsegap-cache",  # compiled kernels (sparsegap.native)
+    "SPARSEGAP_CACHE_DIR": "sparsegap-cache",  # compiled kernels (sparsegap.accel.native)
 }
 
 

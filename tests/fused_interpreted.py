@@ -1,8 +1,8 @@
 """Run by tests/test_fused.py in a subprocess with TRITON_INTERPRET=1 (Triton's CPU interpreter
-must be chosen before the kernels are defined): the fused-step kernels of ``sparsegap.fused`` on
-CPU tensors in fp32 against torch, printed as one JSON object of errors. (The interpreter's bf16
-``tl.dot`` is wrong, so bf16 is checked only on a GPU: tests/test_fused.py's gpu test and
-`make bench-gpu`.)"""
+must be chosen before the kernels are defined): the fused-step kernels of
+``sparsegap.accel.fused`` on CPU tensors in fp32 against torch, printed as one JSON object of
+errors. (The interpreter's bf16 ``tl.dot`` is wrong, so bf16 is checked only on a GPU:
+tests/test_fused.py's gpu test and `make bench-gpu`.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import json
 
 import torch
 
-from sparsegap import bench_gpu, fused
+from sparsegap.accel import fused
+from sparsegap.bench import gpu as bench_gpu
 
 
 def masked_grad_errors(tma: bool, persistent: bool | None = False) -> dict[str, float]:
@@ -79,20 +80,16 @@ def adam_errors() -> dict[str, float]:
     fused.renormalise_(rows, torch.empty(300, 40, dtype=torch.bfloat16), row_sumsq, axis=1)
     target = reference.detach() / reference.detach().norm(dim=1, keepdim=True)
     errors["adam+renormalise rows"] = (rows - target).abs().max().item()
-    return errors | adam_atoms_errors() | matmul_adam_errors()
+    return errors | adam_atoms_errors()
 
 
 def adam_atoms_errors() -> dict[str, float]:
-    """``adam_atoms_`` (Adam and the renormalisation in one pass) against torch's Adam followed
-    by the framework's renormalisation, 3 steps: atoms in columns and in rows, and atoms too long
-    for one program (its two-kernel path)."""
+    """``adam_atoms_`` (Adam and the renormalisation in one pass, atoms in rows) against torch's
+    Adam followed by the framework's renormalisation, 3 steps; the second shape's atoms are too
+    long for one program (its two-kernel path)."""
     gen = torch.Generator().manual_seed(2)
     errors = {}
-    for name, shape, axis in (
-        ("columns", (40, 300), 0),
-        ("rows", (300, 40), 1),
-        ("long rows", (20, 4100), 1),
-    ):
+    for name, shape in (("rows", (300, 40)), ("long rows", (20, 4100))):
         atoms = torch.randn(*shape, generator=gen)
         reference = atoms.clone().requires_grad_()
         optimiser = torch.optim.Adam([reference], lr=1e-2)
@@ -102,67 +99,35 @@ def adam_atoms_errors() -> dict[str, float]:
         for i in range(3):
             grad = torch.randn(*shape, generator=gen) * (i + 1)
             step += 1
-            fused.adam_atoms_(atoms, grad, *moments, step, 1e-2, low, axis=axis)
+            fused.adam_atoms_(atoms, grad, *moments, step, 1e-2, low)
             reference.grad = grad
             optimiser.step()
             with torch.no_grad():
-                reference.div_(reference.norm(dim=axis, keepdim=True).clamp_min(1e-12))
+                reference.div_(reference.norm(dim=1, keepdim=True).clamp_min(1e-12))
         errors[f"adam_atoms {name}"] = (atoms - reference.detach()).abs().max().item()
         errors[f"adam_atoms {name} bf16 copy"] = (low.float() - atoms).abs().max().item()
     return errors
 
 
-def matmul_adam_errors() -> dict[str, float]:
-    """``matmul_adam_`` (the gradient GEMM with Adam in its epilogue) against torch's GEMM and
-    Adam, 3 steps: a shape the interpreter's tiles divide and a ragged one."""
-    gen = torch.Generator().manual_seed(3)
-    errors = {}
-    for depth, rows, cols in ((64, 64, 32), (72, 100, 48)):
-        at, b = torch.randn(depth, rows, generator=gen), torch.randn(depth, cols, generator=gen)
-        param = torch.randn(rows, cols, generator=gen)
-        reference = param.clone().requires_grad_()
-        optimiser = torch.optim.Adam([reference], lr=1e-2)
-        moments = torch.zeros_like(param), torch.zeros_like(param)
-        low = torch.empty_like(param, dtype=torch.bfloat16)
-        step = torch.zeros(())
-        for i in range(3):
-            step += 1
-            fused.matmul_adam_(at * (i + 1), b, param, *moments, step, 1e-2, low)
-            reference.grad = (at * (i + 1)).T @ b
-            optimiser.step()
-        name = f"matmul_adam {depth}x{rows}x{cols}"
-        errors[name] = (param - reference.detach()).abs().max().item()
-        copy_error = (low.float() - param).abs().max() / param.abs().max()
-        errors[f"{name} bf16 copy"] = copy_error.item()  # relative: the weights are O(1)
-    return errors
-
-
 def step_errors() -> dict[str, float]:
+    """The bench's fused step (atoms in rows, one-pass Adam) with the pointer and the persistent
+    TMA code-gradient kernels, against the framework's steps."""
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
     errors = {}
-    # pointer and TMA kernels × atoms in columns or rows; two with the one-pass Adam, one of
-    # them with the persistent kernel.
-    options = [dict(tma=tma, atom_rows=rows) for tma in (False, True) for rows in (False, True)]
-    options += [dict(one_pass=True), dict(tma=True, atom_rows=True, one_pass=True, persistent=True)]
-    options += [dict(tma=True, one_pass=True, adam_in_gemm=True)]
-    for option in options:
-        check = bench_gpu.check_fused_step(shape, torch.device("cpu"), **option)
-        kernel = "tma" if option.get("tma") else "pointer"
-        label = "persistent" if option.get("persistent") else kernel
-        label += " rows" if option.get("atom_rows") else ""
-        label += " one-pass" if option.get("one_pass") else ""
-        label += " adam-in-gemm" if option.get("adam_in_gemm") else ""
+    for tma in (False, True):
+        check = bench_gpu.check_fused_step(shape, torch.device("cpu"), tma=tma)
         for name, value in check.items():
-            errors[f"step {label} {name}"] = value
+            errors[f"step {'persistent' if tma else 'pointer'} {name}"] = value
     return errors
 
 
-def trainer_errors(normalise: bool, adam_in_gemm: bool = False) -> dict[str, float]:
+def trainer_errors(normalise: bool, tma: bool = False) -> dict[str, float]:
     """The framework's Step with ``fused.SAETrainer`` attached (as on a GPU in bf16, here in
     fp32) against the plain Step: 2 replicas, lr and L1 warm-ups, train statistics, and the
     weights changed from outside between steps 3 and 4 (as a checkpoint load would); with
-    ``adam_in_gemm``, the encoder's update through matmul_adam_ (TMA kernels)."""
-    from sparsegap.train import Step, build
+    ``tma``, the code gradient from the TMA kernel or its persistent form (the timed choice)."""
+    from sparsegap.model import build
+    from sparsegap.step import Step
 
     shape = dict(bench_gpu.SMALL, dim=32, latents=128, batch=64)
     cpu = torch.device("cpu")
@@ -179,7 +144,7 @@ def trainer_errors(normalise: bool, adam_in_gemm: bool = False) -> dict[str, flo
             step.fused = fused.SAETrainer(
                 model.encoder.linear.weight, model.decoder, step.optimiser, torch.float32
             )
-            step.fused.tma = step.fused.adam_in_gemm = adam_in_gemm
+            step.fused.tma = tma
         for i in range(6):
             if i == 3:
                 with torch.no_grad():
@@ -190,7 +155,7 @@ def trainer_errors(normalise: bool, adam_in_gemm: bool = False) -> dict[str, flo
         steps.append((model, step, step.pop_means()))
     (plain, plain_step, plain_means), (fast, fast_step, fast_means) = steps
     name = "trainer" if normalise else "trainer unnormalised"
-    name += " adam-in-gemm" if adam_in_gemm else ""
+    name += " tma" if tma else ""
     errors = {
         f"{name} decoder": (plain.decoder.weight - fast.decoder.weight).abs().max().item(),
         f"{name} encoder": (plain.encoder.linear.weight - fast.encoder.linear.weight)

@@ -151,7 +151,7 @@ def _authors_model(name: str, seed: int, m: int = 8, n: int = 16, h: int = 32) -
 
 @pytest.mark.parametrize("encoder", ["sae", "mlp", "sparse_coding"])
 def test_authors_init_of_whole_model(encoder: str) -> None:
-    from sparsegap.train import build
+    from sparsegap.model import build
 
     seed = 20240926
     cfg = compose_config(

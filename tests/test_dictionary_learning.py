@@ -11,7 +11,8 @@ from helpers import compose_config, read_metrics
 from sparsegap.__main__ import run
 from sparsegap.config import ConfigError
 from sparsegap.extras import MissingExtra
-from sparsegap.train import build, make_step
+from sparsegap.model import build
+from sparsegap.step import make_step
 from sparsegap.validate import validate
 
 SMALL = ["steps=30", "eval_every=15", "data.train_samples=256", "data.test_samples=128"]

@@ -13,7 +13,8 @@ from helpers import compose_config, read_metrics, read_summary
 from sparsegap.__main__ import run
 from sparsegap.config import ConfigError
 from sparsegap.encoders import ENCODERS
-from sparsegap.train import build, make_step
+from sparsegap.model import build
+from sparsegap.step import make_step
 from sparsegap.validate import fill_defaults, validate
 
 MODERN = ("topk", "batch_topk", "jumprelu", "gated", "lista")

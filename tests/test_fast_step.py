@@ -11,7 +11,8 @@ import torch
 from helpers import compose_config, read_metrics
 
 from sparsegap.__main__ import run
-from sparsegap.train import build, make_step
+from sparsegap.model import build
+from sparsegap.step import make_step
 
 
 @pytest.fixture(autouse=True)

@@ -21,9 +21,10 @@ from sparsegap.config import InferenceConfig
 from sparsegap.encoders import ENCODERS
 from sparsegap.flops import Flops, adam_update
 from sparsegap.inference.adam_log import AdamLog
+from sparsegap.model import Model, build
 from sparsegap.registry import register_configs
 from sparsegap.scenarios import SCENARIOS
-from sparsegap.train import Model, build, make_step
+from sparsegap.step import make_step
 from sparsegap.validate import validate
 
 CONF = Path(__file__).parents[1] / "conf"

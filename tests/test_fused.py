@@ -1,4 +1,4 @@
-"""The fused SAE step's Triton kernels (sparsegap.fused): on CPU through Triton's interpreter
+"""The fused SAE step's Triton kernels (sparsegap.accel.fused): on CPU through Triton's interpreter
 (fp32, in a subprocess: the interpreter is chosen when the kernels are defined), and in bf16 on a
 CUDA GPU (`make test-gpu`)."""
 
@@ -57,35 +57,28 @@ def test_adam_kernel_is_torch_adam_and_keeps_the_atom_norms(interpreted):
     assert 0 < interpreted["bf16 copy"] < 1e-2  # a real bf16 rounding, of the renormalised atoms
 
 
-def test_the_gradient_gemm_with_adam_in_its_epilogue(interpreted):
-    for shape in ("64x64x32", "72x100x48"):  # tile-divisible and ragged; 4 epilogue chunks
-        assert interpreted[f"matmul_adam {shape}"] < 1e-5, shape
-        assert 0 < interpreted[f"matmul_adam {shape} bf16 copy"] < 1e-2, shape
-
-
 def test_adam_with_the_renormalisation_in_one_pass(interpreted):
-    for layout in ("columns", "rows", "long rows"):  # the last: the two-kernel path
+    for layout in ("rows", "long rows"):  # the second: the two-kernel path
         assert interpreted[f"adam_atoms {layout}"] < 1e-6, layout
         assert 0 < interpreted[f"adam_atoms {layout} bf16 copy"] < 1e-2, layout
 
 
 def test_fused_step_takes_the_framework_steps(interpreted):
     steps = {k: v for k, v in interpreted.items() if k.startswith("step ")}
-    # pointer and TMA kernels × atoms in columns or rows, two with the one-pass Adam (one with
-    # the persistent kernel) and one with the encoder's Adam in its gradient GEMM
-    assert len(steps) == 21
+    # the pointer and the persistent TMA kernel × decoder, mean MSE and mean L0
+    assert len(steps) == 6
     assert max(steps.values()) < 1e-5, steps
 
 
-@pytest.mark.parametrize("name", ["trainer", "trainer unnormalised", "trainer adam-in-gemm"])
+@pytest.mark.parametrize("name", ["trainer", "trainer unnormalised", "trainer tma"])
 def test_framework_step_with_the_fused_trainer_equals_the_plain_step(interpreted, name):
     # 2 replicas, lr and L1 warm-ups, 6 steps, the weights changed from outside after 3 (the
     # trainer must renormalise and refresh its copies): weights, Adam's count, tracked means,
     # dead latents; with the decoder kept at unit norm (in the Adam pass) and without, and with
-    # the TMA kernels and the encoder's Adam in its gradient GEMM.
+    # the TMA code-gradient kernels.
     trainer = {k[len(name) + 1 :]: v for k, v in interpreted.items() if k.startswith(name + " ")}
     if name == "trainer":
-        other = ("unnormalised ", "adam-in-gemm ")
+        other = ("unnormalised ", "tma ")
         trainer = {k: v for k, v in trainer.items() if not k.startswith(other)}
     assert {"decoder", "encoder", "l0/train", "loss/mse/train"} <= trainer.keys()
     assert max(trainer.values()) < 1e-5, trainer
@@ -93,7 +86,7 @@ def test_framework_step_with_the_fused_trainer_equals_the_plain_step(interpreted
 
 
 def test_the_fused_trainer_is_for_gpus_only():
-    from sparsegap import bench_gpu
+    from sparsegap.bench import gpu as bench_gpu
 
     trainer, _ = bench_gpu.framework_step(
         bench_gpu.SMALL, "sae", torch.device("cpu"), autocast="bf16", fast_step=True
@@ -103,7 +96,7 @@ def test_the_fused_trainer_is_for_gpus_only():
 
 @pytest.mark.gpu
 def test_framework_uses_the_fused_trainer_on_a_gpu():
-    from sparsegap import bench_gpu
+    from sparsegap.bench import gpu as bench_gpu
 
     device = torch.device("cuda")
     runs = {}
@@ -120,11 +113,11 @@ def test_framework_uses_the_fused_trainer_on_a_gpu():
 
 @pytest.mark.gpu
 def test_fused_step_in_bf16_on_a_gpu():
-    from sparsegap import bench_gpu
+    from sparsegap.bench import gpu as bench_gpu
 
     device = torch.device("cuda")
     assert bench_gpu.check_masked_grad(bench_gpu.FULL, device) < 2e-2
-    for options in ({}, {"tma": True, "overlap": True}):
+    for options in ({"tma": False}, {}):  # the pointer kernel, and the device's choice
         diffs = bench_gpu.check_fused_step(bench_gpu.SMALL, device, **options)
         assert max(diffs.values()) < 1e-4, (options, diffs)
     shape = bench_gpu.SMALL
@@ -132,7 +125,7 @@ def test_fused_step_in_bf16_on_a_gpu():
     D = torch.randn(shape["dim"], shape["latents"], device=device)
     x = torch.randn(shape["batch"], shape["dim"], device=device)
     plain = bench_gpu.FusedSAEStep(W, D, x.T, 1e-3, 1e-3)
-    inner = bench_gpu.FusedSAEStep(W, D, x.T, 1e-3, 1e-3, overlap=True)
+    inner = bench_gpu.FusedSAEStep(W, D, x.T, 1e-3, 1e-3)
     graphed = bench_gpu.CUDAGraphed(inner)
     for _ in range(3):
         plain()
@@ -143,7 +136,7 @@ def test_fused_step_in_bf16_on_a_gpu():
 
 
 def test_autotuning_skips_tiles_that_cannot_fit_shared_memory():
-    from sparsegap.fused.code_grad import _configs, fitting
+    from sparsegap.accel.fused.code_grad import _configs, fitting
 
     def shapes(configs):
         return {

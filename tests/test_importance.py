@@ -10,8 +10,8 @@ from helpers import compose_config, read_metrics
 from torch.nn.functional import cosine_similarity
 
 from sparsegap.__main__ import run
+from sparsegap.model import build
 from sparsegap.scenarios import SCENARIOS
-from sparsegap.train import build
 
 SCENARIO_ENCODERS = [("known_codes", "mlp"), ("known_dictionary", "sae"), ("unknown", "sae")]
 

@@ -8,7 +8,7 @@ import re
 
 import torch
 
-from sparsegap import bench_gpu
+from sparsegap.bench import gpu as bench_gpu
 
 
 def test_bench_gpu_small_on_cpu(capsys):

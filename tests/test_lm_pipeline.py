@@ -234,9 +234,9 @@ def test_interrupted_run_resumes_identically(encoder, sources, cache, tmp_path, 
     run(lm_config(sources, extra), tmp_path / "straight")
     if "encoder.aux_k=8" in encoder:  # latents died, so the resumed run needs their counts
         assert read_metrics(tmp_path / "straight")[-1]["loss/auxk/train"]["mean"] > 0
-    from sparsegap import train as train_module
+    from sparsegap import step as step_module
 
-    original = train_module.Step.__call__
+    original = step_module.Step.__call__
     calls = {"n": 0}
 
     def dies_at_step_27(self) -> None:  # after the checkpoint at 16 and evaluations at 20, 24
@@ -245,7 +245,7 @@ def test_interrupted_run_resumes_identically(encoder, sources, cache, tmp_path, 
             raise Interrupted
         original(self)
 
-    monkeypatch.setattr(train_module.Step, "__call__", dies_at_step_27)
+    monkeypatch.setattr(step_module.Step, "__call__", dies_at_step_27)
     with pytest.raises(Interrupted):
         run(lm_config(sources, extra), tmp_path / "resumed")
     monkeypatch.undo()

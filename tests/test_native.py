@@ -1,4 +1,4 @@
-"""``sparsegap.native``: the MLP's fused C++ training step takes autograd's step (forward,
+"""``sparsegap.accel.native``: the MLP's fused C++ training step takes autograd's step (forward,
 reconstruction loss, backward) at every shape its tiles have edges in, is deterministic, is built
 once into its cache, and gives way to the torch step, with a reason, where it cannot run."""
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import compose_config
 
+from sparsegap.accel.native import build
+from sparsegap.accel.native.build import NativeUnavailable, library
+from sparsegap.accel.native.mlp_step import MAX_LATENTS, NativeMLPStep
 from sparsegap.encoders.layers import ReplicaLinear, replica_generators
-from sparsegap.native import build
-from sparsegap.native.build import NativeUnavailable, library
-from sparsegap.native.mlp_step import MAX_LATENTS, NativeMLPStep
-from sparsegap.train import build as build_model
-from sparsegap.train import make_step
+from sparsegap.model import build as build_model
+from sparsegap.step import make_step
 
 
 def _layers(replicas: int, dim: int, hidden: int, latents: int, bias: bool):
@@ -28,7 +28,7 @@ def _layers(replicas: int, dim: int, hidden: int, latents: int, bias: bool):
 
 
 def _autograd(x, first, second, atoms, l1_coeff):
-    """The reference: the same loss as scenarios.reconstruction, through autograd."""
+    """The reference: the same loss as accel.reconstruction, through autograd."""
     params = [
         p.detach().clone().requires_grad_() for p in (*first.parameters(), *second.parameters())
     ]
@@ -155,7 +155,7 @@ def test_the_library_is_built_once_into_its_cache(fresh_cache):
 
 def test_without_a_compiler_the_torch_step_runs_and_says_why(fresh_cache, monkeypatch, capsys):
     monkeypatch.setenv("CXX", "no-such-compiler")
-    monkeypatch.setattr("sparsegap.native.mlp_step._warned", False)
+    monkeypatch.setattr("sparsegap.accel.native.mlp_step._warned", False)
     with pytest.raises(NativeUnavailable, match="no-such-compiler"):
         NativeMLPStep(required=True).applies(
             torch.rand(8, 64), torch.rand(2, 32, 8), torch.rand(2, 8, 16)

@@ -18,8 +18,8 @@ from helpers import compose_config
 
 # The framework's public building blocks, all imported here (only these lines change when they
 # move): a model from a config, and its zero-argument training step.
-from sparsegap.train import build as build_model
-from sparsegap.train import make_step
+from sparsegap.model import build as build_model
+from sparsegap.step import make_step
 
 
 def native_kernel_ran(model) -> bool:

@@ -11,11 +11,11 @@ import yaml
 from helpers import CONF, compose_config
 
 from sparsegap.__main__ import run
+from sparsegap.model import build
 from sparsegap.report.__main__ import make_report
 from sparsegap.report.aggregate import group
 from sparsegap.report.collect import load_jobs
 from sparsegap.report.frontier import Point, gap_statement, pareto_front, points_of
-from sparsegap.train import build
 
 NAN = math.nan
 

@@ -8,7 +8,8 @@ from helpers import compose_config, read_metrics
 
 from sparsegap.__main__ import run
 from sparsegap.config import ConfigError
-from sparsegap.train import build, make_step
+from sparsegap.model import build
+from sparsegap.step import make_step
 from sparsegap.validate import validate
 
 HUGE = ["data.stream_batch=256", "data.train_samples=100000000", "data.test_samples=512"]

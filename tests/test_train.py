@@ -9,9 +9,10 @@ import torch
 from helpers import compose_config, read_metrics, read_summary
 
 from sparsegap.__main__ import run
+from sparsegap.model import build
 from sparsegap.registry import encoders_for
 from sparsegap.scenarios import SCENARIOS
-from sparsegap.train import build, make_step
+from sparsegap.step import make_step
 
 PAIRS = [(s, e) for s in SCENARIOS for e in encoders_for(s)]
 

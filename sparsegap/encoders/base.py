@@ -10,7 +10,8 @@ and ``auxiliary_losses`` (extra named terms added to the total and logged as ``l
 one by which it reports its own training state (``state_metrics``), and one by which a
 gradient-free encoder (dictionary learning) replaces the Adam step with its own update:
 ``train_step`` (with ``train_step_flops``). Encoders may also offer ``fast_step``: the same
-training step as autograd would take on a reconstruction loss, written out by hand.
+training step as autograd would take on a reconstruction loss, written out by hand, and
+``fused_step``: that step with its Adam update as fused kernels on the devices that have them.
 
 Each encoder also declares itself, once, as class attributes: its config schema (``config``, the
 Hydra option ``encoder=<name>``), its own value checks (``check``), the scenarios it applies to,
@@ -35,6 +36,7 @@ from sparsegap.inference import INFERENCE
 
 if TYPE_CHECKING:
     from sparsegap.decoder import Decoder
+    from sparsegap.optim import Adam
 
 ENCODERS: dict[str, type[Encoder]] = {}
 SCENARIO_NAMES = ("known_codes", "known_dictionary", "unknown")
@@ -44,6 +46,10 @@ KINDS = ("one-pass", "iterative")
 # What ``Encoder.fast_step`` returns: per replica (mse, mean(codes)) or (None, None) when not
 # asked for, the codes, and the atoms' gradient or None.
 HandStep = tuple[Tensor | None, Tensor | None, Tensor, Tensor | None]
+# What ``Encoder.fused_step`` returns: the whole training step, Adam included, called with the
+# batch x (M, B), the L1 coefficient and whether to return train statistics: per replica (mse,
+# mean(codes), mean L0) and which latents fired (R, L), or None when not asked for.
+FusedStep = Callable[[Tensor, float, bool], tuple[Tensor, Tensor, Tensor, Tensor] | None]
 
 
 class Encoder(nn.Module):
@@ -155,6 +161,14 @@ class Encoder(nn.Module):
         matmuls run in (bfloat16 under ``device.autocast=bf16``); gradients are stored in the
         parameters' dtype."""
         raise NotImplementedError(f"encoder {self.name} has no hand-written step")
+
+    def fused_step(self, decoder: Decoder, optimiser: Adam, low: torch.dtype) -> FusedStep | None:
+        """``fast_step`` and ``optimiser``'s Adam update (on its own moments and step counts) as
+        fused kernels with matmuls in ``low``, keeping a normalised ``decoder`` at unit norm
+        itself; None (the default) where this encoder has none for its device, so the loop
+        takes ``fast_step``. Asked once per run, only where ``fast_step`` applies and only under
+        ``device.autocast=bf16``."""
+        return None
 
     def train_step(self, x: Tensor, decoder: Decoder | None) -> bool:
         """Hook for encoders trained without gradients (classical dictionary learning): one

@@ -10,13 +10,13 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from sparsegap.accel.native.mlp_step import NativeMLPStep
+from sparsegap.accel.reconstruction import reconstruction_backward, relu_backward
 from sparsegap.config import EncoderConfig, HandStepConfig
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
-from sparsegap.native.mlp_step import NativeMLPStep
-from sparsegap.scenarios import reconstruction_backward, relu_backward
 
 
 @dataclass
@@ -26,7 +26,7 @@ class MLPConfig(EncoderConfig, HandStepConfig):
     name: str = "mlp"
     hidden: int = 32  # hidden width (paper: 32, 256; 1,024 for known codes)
     # With fast_step on the CPU (float32, sample count and hidden width multiples of 8, at most
-    # 64 latents): the whole step as one fused C++ kernel (sparsegap/native), compiled with $CXX
+    # 64 latents): the whole step as one fused C++ kernel (sparsegap/accel/native), compiled with $CXX
     # (g++) on first use and cached; where it cannot be built the torch step runs and one line
     # on stderr says why. false = the torch step.
     native: bool = True

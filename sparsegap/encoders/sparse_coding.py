@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from sparsegap.accel.reconstruction import reconstruction_backward
 from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig
 from sparsegap.encoders.base import (
     Encoder,
@@ -22,7 +23,6 @@ from sparsegap.encoders.base import (
 )
 from sparsegap.flops import Flops
 from sparsegap.inference import INFERENCE, build_inference
-from sparsegap.scenarios import reconstruction_backward
 
 
 @dataclass

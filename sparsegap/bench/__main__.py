@@ -14,15 +14,12 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def timeit(fn: Callable[[], object], repeats: int, warmup: int = 10) -> float:
@@ -109,13 +106,14 @@ def baseline_ito(x: torch.Tensor, dictionary: torch.Tensor, iterations: int) -> 
 
 # ---------------------------------------------------------------- sparsegap
 def sparsegap_step(overrides: list[str]) -> Callable[[], None]:
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
+    from sparsegap.model import build
     from sparsegap.registry import register_configs
-    from sparsegap.train import build, make_step
+    from sparsegap.step import make_step
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_module("sparsegap.conf", version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "logger=none", "device=cpu", "replicas=5"])
     return make_step(build(cfg))
 
@@ -139,7 +137,7 @@ def main() -> None:
         ("sae", ["encoder=sae"], "sae", 32, 2000),
         ("mlp-32", ["encoder=mlp", "encoder.hidden=32"], "mlp", 32, 1000),
         ("mlp-256", mlp_256, "mlp", 256, 300),
-        # the same step without the fused C++ kernel (sparsegap/native)
+        # the same step without the fused C++ kernel (sparsegap/accel/native)
         ("mlp-256 torch", [*mlp_256, "encoder.native=false"], "mlp", 256, 300),
         ("sparse_coding", ["encoder=sparse_coding"], "sc", 32, 2000),
     ]

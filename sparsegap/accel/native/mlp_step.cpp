@@ -13,7 +13,7 @@
 //
 // Layout: x (M, B), w1 (R, H, M), b1 (R, H), w2 (R, N, H), b2 (R, N), atoms (R, M, N), codes
 // (R, N, B), all float32, contiguous. B must be a multiple of 8 and H a multiple of 8 (the
-// Python side checks). Compiled by sparsegap/native/build.py with -mavx2 -mfma -fopenmp.
+// Python side checks). Compiled by sparsegap/accel/native/build.py with -mavx2 -mfma -fopenmp.
 #include <immintrin.h>
 #include <omp.h>
 

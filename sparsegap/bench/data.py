@@ -1,4 +1,4 @@
-"""Streaming synthetic data throughput: ``python -m sparsegap.bench_data``.
+"""Streaming synthetic data throughput: ``python -m sparsegap.bench.data``.
 
 Default problem: N = 4,096 features, M = 512, expected L0 = K = 8, Bernoulli support with Zipf
 frequencies (exponent 0.6), a rank-8 Gaussian copula (latent correlation 0.3 within a factor) and

@@ -1,6 +1,6 @@
-"""Triton kernels for a fused SAE training step on a GPU: ``train.Step`` runs ``SAETrainer``
+"""Triton kernels for a fused SAE training step on a GPU: ``step.Step`` runs ``SAETrainer``
 for the SAE's hand-written step (``encoder.fast_step``) on CUDA with ``device.autocast=bf16``, and
-``sparsegap.bench_gpu`` measures the kernels (its ``FusedSAEStep`` adds a CUDA graph, persistent
+``sparsegap.bench.gpu`` measures the kernels (its ``FusedSAEStep`` adds a CUDA graph, persistent
 bf16 weight copies and a second stream).
 
 Why: at the paper's LM shape (768 → 24,576 latents, 4,096-token batches) a plain step spends
@@ -14,12 +14,10 @@ anyway:
   mask (read from the codes), the cast to bf16 and the train statistics (each latent's sum of
   codes, for L1 and dead-latent tracking, and the count of active codes, for L0) in its
   epilogue — one read of the codes instead of three extra passes.
-- ``adam_``, ``adam_atoms_``, ``matmul_adam_`` (``adam``): Adam in fp32 (exactly
-  ``torch.optim.Adam``'s update) that writes the parameter's bf16 copy in the same pass; for the
-  decoder, adds up the atoms' squared norms for ``renormalise_`` (or renormalises them in the
-  same pass, ``adam_atoms_``: the faster choice for atoms in rows, not in columns); for the
-  encoder, optionally in its gradient GEMM's epilogue. The step count lives on the device
-  (CUDA-graph safe).
+- ``adam_``, ``adam_atoms_`` (``adam``): Adam in fp32 (exactly ``torch.optim.Adam``'s update)
+  that writes the parameter's bf16 copy in the same pass; for the decoder, adds up the atoms'
+  squared norms for ``renormalise_`` (or, for atoms in rows, renormalises them in the same pass,
+  ``adam_atoms_``). The step count lives on the device (CUDA-graph safe).
 
 Layout: token-major (one row per token), as cuBLAS and the activation cache prefer: codes and
 their gradient (B, L), the encoder weight (L, d), the decoder (d, L) with one atom per column.
@@ -33,8 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsegap.fused.adam import adam_, adam_atoms_, matmul_adam_, renormalise_
-from sparsegap.fused.code_grad import autotune_timings, masked_grad, persistent_choices
+from sparsegap.accel.fused.adam import adam_, adam_atoms_, renormalise_
+from sparsegap.accel.fused.code_grad import autotune_timings, masked_grad, persistent_choices
 
 __all__ = [
     "SAETrainer",
@@ -43,7 +41,6 @@ __all__ = [
     "autotune_timings",
     "forward_residual",
     "masked_grad",
-    "matmul_adam_",
     "persistent_choices",
     "renormalise_",
     "residual_mse",
@@ -78,7 +75,7 @@ def tma_ok(device: torch.device, *row_bytes: int) -> bool:
 
 
 class SAETrainer:
-    """``train.Step``'s hand-written SAE step (``encoder.fast_step``) as fused kernels, for a
+    """``step.Step``'s hand-written SAE step (``encoder.fast_step``) as fused kernels, for a
     ReLU SAE without encoder bias on a GPU with ``device.autocast=bf16``: bf16 GEMMs on copies of
     the fp32 weights that this module's Adam rewrites as it updates them, the code gradient and
     the train statistics from ``masked_grad``, and the Adam update on the framework optimiser's
@@ -86,13 +83,12 @@ class SAETrainer:
 
     It keeps a normalised decoder's atoms at unit norm itself (``adam_`` adds up the updated
     atoms' squared norms, ``renormalise_`` divides by them and writes the copy, so the caller
-    must not renormalise before each step; not ``adam_atoms_``' single pass, slower over atoms
-    in columns, this layout: see its comment). When the weights change outside it (a checkpoint
-    loaded, an evaluation's ``renormalise_``: torch counts in-place writes in
-    ``Tensor._version``, its kernels' writes are not counted), the next step first renormalises
-    and refreshes the copies. It takes the same steps as the framework's autograd
-    step (tests/test_fused.py checks it in fp32 through Triton's interpreter); ``low`` is the
-    GEMMs' dtype."""
+    must not renormalise before each step; not ``adam_atoms_``' single pass, which is for atoms
+    in rows). When the weights change outside it (a checkpoint loaded, an evaluation's
+    ``renormalise_``: torch counts in-place writes in ``Tensor._version``, its kernels' writes are
+    not counted), the next step first renormalises and refreshes the copies. It takes the same
+    steps as the framework's autograd step (tests/test_fused.py checks it in fp32 through
+    Triton's interpreter); ``low`` is the GEMMs' dtype."""
 
     def __init__(self, weight: Tensor, decoder, optimiser, low: torch.dtype) -> None:
         # decoder: sparsegap.decoder.Decoder (weight (R, d, L), learned, normalise, renormalise_)
@@ -116,9 +112,6 @@ class SAETrainer:
         self.tma = tma_ok(weight.device, weight.shape[2] * size, latents * size)
         # masked_grad's TMA kernel or its persistent form: None times both once (per shape)
         self.persistent: bool | None = None
-        # The encoder's Adam in its gradient GEMM's epilogue (matmul_adam_, TMA only): off until
-        # `make bench-gpu` measures it faster than cuBLAS's GEMM + adam_ on an H100.
-        self.adam_in_gemm = False
 
     def _refresh(self) -> None:
         """Renormalise and copy the weights where they changed since this trainer last wrote."""
@@ -160,12 +153,8 @@ class SAETrainer:
             # The atoms' update last: it rewrites atoms_low, which the code gradient reads.
             i = self.slots[0]
             moments = opt.exp_avg[i][r], opt.exp_avg_sq[i][r]
-            if self.adam_in_gemm and self.tma:
-                matmul_adam_(grad_pre, xt, self.weight[r], *moments, opt.steps[i], opt.lr,
-                             encoder_low, betas, eps)  # fmt: skip
-            else:
-                adam_(self.weight[r], grad_pre.T @ xt, *moments, opt.steps[i], opt.lr, betas,
-                      eps, low=encoder_low)  # fmt: skip
+            adam_(self.weight[r], grad_pre.T @ xt, *moments, opt.steps[i], opt.lr, betas, eps,
+                  low=encoder_low)  # fmt: skip
             if self.learned:
                 i = self.slots[1]
                 sumsq = self.sumsq[r].zero_() if self.sumsq is not None else None

@@ -8,7 +8,7 @@ import sys
 import torch
 from torch import Tensor
 
-from sparsegap.native.build import NativeUnavailable, library
+from sparsegap.accel.native.build import NativeUnavailable, library
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _warned = False
