@@ -26,9 +26,9 @@ class MLPConfig(EncoderConfig, HandStepConfig):
     name: str = "mlp"
     hidden: int = 32  # hidden width (paper: 32, 256; 1,024 for known codes)
     # With fast_step on the CPU (float32, sample count and hidden width multiples of 8, at most
-    # 64 latents): the whole step as one fused C++ kernel (sparsegap/accel/native), compiled with $CXX
-    # (g++) on first use and cached; where it cannot be built the torch step runs and one line
-    # on stderr says why. false = the torch step.
+    # 64 latents): the whole step as one fused C++ kernel (sparsegap/accel/native), compiled
+    # with $CXX (g++) on first use and cached; where it cannot be built the torch step runs and
+    # one line on stderr says why. false = the torch step.
     native: bool = True
 
 
