@@ -14,15 +14,8 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from sparsegap.config import (
-    DEVICES,
-    LOGGER_MODES,
-    ConfigError,
-    DeviceConfig,
-    LoggerConfig,
-    _choice,
-    _need,
-)
+from sparsegap.config import DEVICES, LOGGER_MODES, DeviceConfig, LoggerConfig
+from sparsegap.errors import ConfigError, choice, need
 
 EXPLAINERS = ("llm", "ngram")
 SCORERS = ("llm", "rule")
@@ -153,14 +146,14 @@ def _at_least(cfg: DictConfig, key: str, low: float) -> None:
     value = cfg
     for part in key.split("."):
         value = value[part]
-    _need(value >= low, key, value, f"must be at least {low}")
+    need(value >= low, key, value, f"must be at least {low}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Checks Hydra's type checks cannot express, before any model is loaded."""
-    _choice("explainer.name", cfg.explainer.name, EXPLAINERS)
-    _choice("scorer.name", cfg.scorer.name, SCORERS)
-    _choice("device.name", cfg.device.name, DEVICES)
+    choice("explainer.name", cfg.explainer.name, EXPLAINERS)
+    choice("scorer.name", cfg.scorer.name, SCORERS)
+    choice("device.name", cfg.device.name, DEVICES)
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda is invalid: no CUDA GPU is visible here; use cpu or auto")
     for key, low in (
@@ -185,13 +178,13 @@ def validate(cfg: DictConfig) -> None:
     ):
         _at_least(cfg, key, low)
     f = cfg.examples.mark_fraction
-    _need(0 <= f <= 1, "examples.mark_fraction", f, "must be in [0, 1]")
+    need(0 <= f <= 1, "examples.mark_fraction", f, "must be in [0, 1]")
     if cfg.corpus.skip_tokens is not None:
         _at_least(cfg, "corpus.skip_tokens", 0)
     if cfg.device.threads is not None:
         _at_least(cfg, "device.threads", 1)
-    _need(cfg.llm.timeout_s > 0, "llm.timeout_s", cfg.llm.timeout_s, "must be positive")
-    _need(
+    need(cfg.llm.timeout_s > 0, "llm.timeout_s", cfg.llm.timeout_s, "must be positive")
+    need(
         cfg.corpus.tokens >= cfg.corpus.context,
         "corpus.tokens",
         cfg.corpus.tokens,
@@ -201,8 +194,8 @@ def validate(cfg: DictConfig) -> None:
         e = cfg.explainer
         _at_least(cfg, "explainer.max_terms", 1)
         _at_least(cfg, "explainer.min_count", 1)
-        _need(0 < e.coverage <= 1, "explainer.coverage", e.coverage, "must be in (0, 1]")
-        _need(e.smoothing > 0, "explainer.smoothing", e.smoothing, "must be positive")
-    _choice("logger.name", cfg.logger.name, ("wandb", "none"))
+        need(0 < e.coverage <= 1, "explainer.coverage", e.coverage, "must be in (0, 1]")
+        need(e.smoothing > 0, "explainer.smoothing", e.smoothing, "must be positive")
+    choice("logger.name", cfg.logger.name, ("wandb", "none"))
     if cfg.logger.name == "wandb":
-        _choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
+        choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
