@@ -15,8 +15,11 @@ TINY = ["steps=20", "eval_every=10", "replicas=1", "logger=none", "device=cpu", 
 
 EXPERIMENTS = {
     "known_codes": ("known_codes", "sae,mlp,mlp_256,mlp_1024"),
-    "known_dictionary": ("known_dictionary", "sae,mlp,mlp_256,sae_ito,sae_ito_scratch"),
-    "unknown": ("unknown", "sae,sae_ito,sparse_coding,mlp,mlp_256"),
+    "known_dictionary": (
+        "known_dictionary",
+        "sae,mlp,mlp_256,sae_ito_known_dictionary,sae_ito_known_dictionary_scratch",
+    ),
+    "unknown": ("unknown", "sae,sae_ito,sae_ito_scratch,sparse_coding,mlp,mlp_256"),
     "regimes": ("unknown", "mlp_256,sparse_coding_1k,sae"),
     "sparsity": ("unknown", "sae,mlp,sparse_coding"),
 }

@@ -27,7 +27,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 # Config groups that must be composed; plain values are set on one composed config (faster).
 COMPOSED = [
     (["scenario=known_codes"], "scenario=known_codes does not apply to data=lm", "unknown"),
-    (["encoder=sparse_coding"], "encoder=sparse_coding does not apply to data=lm", "sae, mlp"),
+    (["encoder=sparse_coding"], "encoder=sparse_coding does not apply to data=lm", "mlp, sae"),
     (["encoder=dictionary_learning"], "encoder=dictionary_learning", "per sample"),
     (["encoder=topk"], "encoder.k=None", "set encoder.k"),
     (["+cache=build", "cache.dtype=int4", "data.cache=x"], "cache.dtype='int4'", "float32"),
