@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from sparsegap.config import ConfigError, to_container
+from sparsegap.tracking import holder
 
 if TYPE_CHECKING:
     from sparsegap.train import Model, Step
@@ -189,7 +190,7 @@ def find_resumable(cfg: DictConfig, run_dir: Path) -> Path | None:
     candidates = []
     for folder in run_dir.parent.glob(f"*/{FOLDER}/config.json"):
         run = folder.parent.parent
-        if run == run_dir:
+        if run == run_dir or holder(run) is not None:  # a live run is not taken over
             continue
         if identity(json.loads(folder.read_text())) == identity(cfg):
             candidates.append((folder.stat().st_mtime, run))
