@@ -1,47 +1,74 @@
 """Entry point: ``python -m sparsegap [overrides]`` (or the ``sparsegap`` console script).
 
 compose (Hydra) → validate → build → train (``+cache=build``: harvest) → summary; exit code 0 on
-success, 2 on an invalid configuration (before anything runs), 1 when the run fails (its metrics
-so far stay on disk).
+success, 2 on an invalid configuration (before anything runs) or a run folder another live run
+holds, 1 when the run fails (its metrics so far stay on disk).
+
+The run folder tells one story: Hydra does not write ``.hydra/`` itself (``hydra.output_subdir:
+null``); the run writes it once it holds the folder's lock and its config is valid, after removing
+the outputs of an earlier run it does not continue. A rerun with an invalid value therefore
+leaves a used folder untouched.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sparsegap.config import ConfigError, is_lm, to_container
 from sparsegap.encoders import ENCODERS
 from sparsegap.extras import require
 from sparsegap.registry import register_configs
 from sparsegap.runtime import keep_freed_memory, run_entry_point
-from sparsegap.tracking import Tracker
+from sparsegap.tracking import Tracker, hold, holds_outputs, write_text_atomic
 
 register_configs()
 
 
-def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | None = None) -> float:
+def run(
+    cfg: DictConfig,
+    run_dir: Path,
+    group: str | None = None,
+    name: str | None = None,
+    hydra_files: Mapping[str, str] | None = None,
+) -> float:
     """Validate, train and track one configuration; returns the final mean test latent MCC
-    (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached)."""
+    (``data=lm``: normalised MSE; ``+cache=build``: the number of tokens cached). Holds
+    ``run_dir``'s lock throughout; ``hydra_files`` (``.hydra/*.yaml``) are written with the run's
+    first outputs, or at once when the config is invalid and the folder holds no earlier run."""
+    with hold(run_dir):
+        return _run(cfg, run_dir, group, name, hydra_files or {})
+
+
+def _run(
+    cfg: DictConfig, run_dir: Path, group: str | None, name: str | None, files: Mapping[str, str]
+) -> float:
     require_extras(cfg)
     from sparsegap.model import build  # heavy imports after validation
     from sparsegap.train import train, train_activations
     from sparsegap.validate import fill_defaults, validate
 
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError:
+        if not holds_outputs(run_dir):  # a multirun's report reads why the job stopped here
+            for relative, text in files.items():
+                write_text_atomic(run_dir / relative, text)
+        raise
     fill_defaults(cfg)
     keep_freed_memory()
     if cfg.device.threads is not None:
         torch.set_num_threads(cfg.device.threads)
     if cfg.cache is not None:
-        return harvest(cfg, run_dir)
+        return harvest(cfg, run_dir, files)
     lm = is_lm(cfg)
     key = "normalised_mse/test" if lm else "latent_mcc/test"
     if cfg.skip_completed:
@@ -56,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path, group: str | None = None, name: str | No
         run_dir, resumed = _continued_run(cfg, run_dir)
     logger = to_container(cfg.logger) if cfg.logger.name == "wandb" else None
     with Tracker(
-        run_dir, to_container(cfg), logger, group=group, name=name, resumed=resumed
+        run_dir, to_container(cfg), logger, group=group, name=name, resumed=resumed, files=files
     ) as tracker:
         if lm:
             train_activations(cfg, run_dir, tracker)
@@ -101,11 +128,11 @@ def _continued_run(cfg: DictConfig, run_dir: Path) -> tuple[Path, bool]:
     return run_dir, True
 
 
-def harvest(cfg: DictConfig, run_dir: Path) -> float:
+def harvest(cfg: DictConfig, run_dir: Path, files: Mapping[str, str] | None = None) -> float:
     """``+cache=build``: write the activations to disk; returns the tokens cached."""
     from sparsegap.data.activations import build_cache
 
-    with Tracker(run_dir, to_container(cfg)) as tracker:
+    with Tracker(run_dir, to_container(cfg), files=files) as tracker:
         manifest = build_cache(cfg, progress=cfg.progress and sys.stdout.isatty())
         tracker.log(
             {"step": 0, "tokens": manifest["tokens"], "tokens_per_s": manifest["tokens_per_s"]}
@@ -141,7 +168,20 @@ def _hydra_main(cfg: DictConfig) -> float:
     overrides = ",".join(hydra_cfg.overrides.task) or "defaults"
     name = f"{cfg.scenario.name}-{cfg.encoder.name}-{overrides}"[:120]
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    return run_entry_point(lambda: run(cfg, run_dir, group=group, name=name), multirun)
+    files = hydra_files(cfg, hydra_cfg)  # before run() fills in defaults: what was composed
+    return run_entry_point(
+        lambda: run(cfg, run_dir, group=group, name=name, hydra_files=files), multirun
+    )
+
+
+def hydra_files(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
+    """The ``.hydra/`` files Hydra would have written (its ``config.yaml``, ``hydra.yaml`` and
+    ``overrides.yaml``), for the run to write at the right moment."""
+    return {
+        ".hydra/config.yaml": OmegaConf.to_yaml(cfg),
+        ".hydra/hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+        ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+    }
 
 
 def main() -> None:

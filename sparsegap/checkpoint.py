@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from sparsegap.config import ConfigError, to_container
 from sparsegap.model import Model, build
 from sparsegap.step import Step
+from sparsegap.tracking import holder
 
 FOLDER = "checkpoint"
 # Keys that may change between a run and its continuation (not what is trained, nor how).
@@ -186,7 +187,7 @@ def find_resumable(cfg: DictConfig, run_dir: Path) -> Path | None:
     candidates = []
     for folder in run_dir.parent.glob(f"*/{FOLDER}/config.json"):
         run = folder.parent.parent
-        if run == run_dir:
+        if run == run_dir or holder(run) is not None:  # a live run is not taken over
             continue
         if identity(json.loads(folder.read_text())) == identity(cfg):
             candidates.append((folder.stat().st_mtime, run))

@@ -1,4 +1,5 @@
-"""The error an invalid configuration raises, and the two checks that build its message.
+"""The errors that stop a run before it starts (an invalid configuration, a run refused for its
+surroundings), and the two checks that build a configuration error's message.
 
 The bottom of the import graph (it imports nothing), so that the schemas, the cross-field
 validation and each method's own checks can all raise the same error.
@@ -9,6 +10,11 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key, the value and what is allowed."""
+
+
+class RunRefused(RuntimeError):
+    """A run that cannot start as configured, for a reason outside its config (its folder is in
+    use, no W&B login): like an invalid config, one ``error:`` line and exit code 2."""
 
 
 def need(ok: bool, key: str, value: object, allowed: str) -> None:

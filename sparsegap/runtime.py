@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sparsegap.errors import ConfigError
+from sparsegap.errors import ConfigError, RunRefused
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -43,12 +43,13 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def run_entry_point(task: Callable[[], float], multirun: bool) -> float:
     """Run an entry point's task with SIGTERM turned into an exception (see
-    ``raise_on_sigterm``). An invalid config is one ``error:`` line on stderr and exit code 2;
-    in a multirun it is re-raised instead, so Hydra marks that job failed and runs the others."""
+    ``raise_on_sigterm``). An invalid config, or a run refused for its surroundings (its folder in
+    use, no W&B login), is one ``error:`` line on stderr and exit code 2; in a multirun it is
+    re-raised instead, so Hydra marks that job failed and runs the others."""
     raise_on_sigterm()
     try:
         return task()
-    except ConfigError as error:
+    except (ConfigError, RunRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         if multirun:
             raise

@@ -5,22 +5,192 @@ dashboards. ``metrics.jsonl`` gets one complete line per evaluation, flushed as 
 ``summary.json`` is replaced atomically, is ``running`` from the start, and ends ``completed`` or
 ``failed`` with the error, so a crash or kill never leaves a half-written file or a run that looks
 finished.
+
+A run folder holds one run at a time: a run holds the folder's lock (``hold``) while it writes,
+and a run that does not continue the folder's earlier run removes that run's outputs first
+(``clear_outputs``). ``holder`` tells a live run from one killed without a chance to say so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
+import secrets
+import shutil
 import statistics
-import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sparsegap.errors import RunRefused
+
 Value = float | list[float]
 Record = dict[str, Value]
+
+
+LOCK_FILE = ".run.lock"
+# What a run writes into its folder; a run that does not continue the folder's earlier run
+# removes them first. ("checkpoint" is checkpoint.FOLDER.)
+OUTPUTS = (
+    "summary.json", "metrics.jsonl", "model.pt", "checkpoint", ".hydra", "wandb",
+    ".summary.json.reserve",
+)  # fmt: skip
+# Room kept on disk for the final summary, so a full disk can still record why the run failed.
+_SUMMARY_RESERVE_BYTES = 256 * 1024
+
+
+class FolderInUse(RunRefused):
+    """Another live process holds the run folder's lock."""
+
+
+_held: dict[str, list[int]] = {}  # folder → [lock file descriptor, depth] held by this process
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block (re-entrant within a process); raises
+    ``FolderInUse`` when another process holds it.
+
+    An ``flock`` on ``.run.lock``: the kernel drops it when the process ends, however it ends
+    (``kill -9`` included), so a killed run never leaves its folder stuck. The holder's pid is
+    written into the file for the error message."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    for _ in range(25):  # rides out holder()'s brief shared lock (a report reading the folder)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.02)
+    else:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FolderInUse(
+            f"hydra.run.dir={str(run_dir)!r} is in use by another run (pid {pid}); wait for it"
+            " to finish, or choose another folder (hydra.run.dir=... or hydra.sweep.dir=...)"
+        )
+    with contextlib.suppress(OSError):  # the pid is informative only (the disk may be full)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        _held[key][1] -= 1
+        if _held[key][1] == 0:
+            del _held[key]
+            os.close(fd)  # releases the lock
+
+
+def holder(run_dir: Path) -> int | None:
+    """The pid of the live process holding ``run_dir``'s lock (-1 when unknown), or None when
+    no process holds it: a ``running`` summary then belongs to a run that was killed."""
+    run_dir = Path(run_dir)
+    if str(run_dir.resolve()) in _held:
+        return os.getpid()
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove an earlier run's outputs from ``run_dir`` (only the names in ``OUTPUTS``: the
+    folder may be one the user also keeps other files in)."""
+    for name in OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def holds_outputs(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's outputs."""
+    return any((Path(run_dir) / name).exists() for name in OUTPUTS)
+
+
+class _Lines:
+    """An append-only file of whole lines: a line that cannot be written completely (a full
+    disk) is cut back off, so every line on disk is whole. Unbuffered: nothing is left to
+    flush (or to fail) at close."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        self.fd: int | None = os.open(path, flags, 0o644)
+
+    def write(self, line: str) -> None:
+        assert self.fd is not None
+        data = line.encode()
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)  # frees blocks: possible on a full disk
+            raise
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def _reserve(path: Path) -> int | None:
+    """Preallocate ``path`` (the next summary's temporary file); None where the file system
+    cannot (then the final summary is written like any other)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError:
+        return None
+    try:
+        os.posix_fallocate(fd, 0, _SUMMARY_RESERVE_BYTES)
+        return fd
+    except (OSError, AttributeError):
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+
+
+def _write_reserved(fd: int, tmp: Path, path: Path, data: bytes) -> None:
+    """Write ``data`` into the preallocated ``tmp`` and rename it to ``path``: atomic, and
+    within the reserve it needs no new disk space."""
+    try:
+        view, offset = memoryview(data), 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def _lines(path: Path) -> list[str]:
@@ -28,19 +198,16 @@ def _lines(path: Path) -> list[str]:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_jsonable)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, default=_jsonable))
 
 
 def write_text_atomic(path: Path, text: str | bytes) -> None:
     """Replace ``path`` with ``text`` all at once: readers see the old file or the new one, never
     a partial write (a temporary file in the same folder, fsynced, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # Not mkstemp: its 0600 would make the replaced file private; this honours the umask.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode() if isinstance(text, str) else text)
@@ -72,7 +239,12 @@ def summarise(record: Record) -> dict[str, Any]:
 
 class Tracker:
     """One run's outputs. Use as a context manager: it always finishes, marking the run failed
-    (and re-raising) when the body raises."""
+    (and re-raising) when the body raises.
+
+    It holds the folder's lock from start to finish. A run that does not continue the folder's
+    earlier run (``resumed``) removes that run's outputs before writing; ``files`` (path relative
+    to the folder → text, e.g. Hydra's ``.hydra/*.yaml``) are written after that, so every file
+    in the folder describes this run."""
 
     def __init__(
         self,
@@ -82,47 +254,75 @@ class Tracker:
         group: str | None = None,
         name: str | None = None,
         resumed: bool = False,
+        files: Mapping[str, str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.started = time.time()
         self.last: dict[str, Any] | None = None
         self.best: dict[str, float] = {}
         self.wandb_info: dict[str, Any] | None = None
-        # A resumed run appends to the lines logged before its checkpoint (see checkpoint.py);
-        # any other run in a used folder starts its metrics afresh (no steps logged twice).
-        if resumed:
-            for line in _lines(self.run_dir / "metrics.jsonl"):
-                self._remember(json.loads(line))
-        mode = "a" if resumed else "w"
-        self._metrics = open(self.run_dir / "metrics.jsonl", mode)  # noqa: SIM115 (closed in finish)
-        self._write_summary("running")
-        self.wandb_run = self._start_wandb(logger, group, name) if logger else None
-        if self.wandb_run is not None:
-            self.wandb_info = {
-                "id": self.wandb_run.id,
-                "group": self.wandb_run.group,
-                "name": self.wandb_run.name,
-                "mode": logger["mode"],
-                "dir": self.wandb_run.dir,
-            }
+        self.wandb_run: Any = None
+        self._metrics: _Lines | None = None
+        self._reserve: int | None = None
+        self._finished = False
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(hold(self.run_dir))
+        try:
+            if not resumed:
+                clear_outputs(self.run_dir)
+            for relative, text in (files or {}).items():
+                write_text_atomic(self.run_dir / relative, text)
+            # A resumed run appends to the lines logged before its checkpoint (see
+            # checkpoint.py); any other run starts its metrics afresh (no steps logged twice).
+            if resumed:
+                for line in _lines(self.run_dir / "metrics.jsonl"):
+                    self._remember(json.loads(line))
+            self._metrics = _Lines(self.run_dir / "metrics.jsonl", append=resumed)
             self._write_summary("running")
+            self._reserve = _reserve(self.run_dir / ".summary.json.reserve")
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.close()
+            self._lock.close()
+            raise
+        try:
+            self.wandb_run = self._start_wandb(logger, group, name) if logger else None
+            if self.wandb_run is not None:
+                self.wandb_info = {
+                    "id": self.wandb_run.id,
+                    "group": self.wandb_run.group,
+                    "name": self.wandb_run.name,
+                    "mode": logger["mode"],  # type: ignore[index]
+                    "dir": self.wandb_run.dir,
+                }
+                self._write_summary("running")
+        except BaseException as error:
+            self.finish(error)  # the summary says why: it must not stay "running"
+            raise
 
     def _start_wandb(self, logger: dict[str, Any], group: str | None, name: str | None) -> Any:
         import wandb
 
-        run = wandb.init(
-            project=logger["project"],
-            entity=logger.get("entity"),
-            group=logger.get("group") or group,
-            name=name,
-            tags=list(logger.get("tags") or []),
-            mode=logger["mode"],
-            dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
-            config=self.config,
-            reinit="finish_previous",
-        )
+        try:
+            run = wandb.init(
+                project=logger["project"],
+                entity=logger.get("entity"),
+                group=logger.get("group") or group,
+                name=name,
+                tags=list(logger.get("tags") or []),
+                mode=logger["mode"],
+                dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
+                config=self.config,
+                reinit="finish_previous",
+            )
+        except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as error:
+            # Online without credentials: one line before any training, not W&B's traceback.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no W&B login"
+            raise RunRefused(
+                f"logger.mode={logger['mode']} is invalid here: {reason} Log in (`wandb login`"
+                " or WANDB_API_KEY), or use logger.mode=offline and `wandb sync` later"
+            ) from None
         # MCC, loss and L0 plot against both the step and cumulative training compute.
         run.define_metric("step")
         run.define_metric("flops/train_cumulative")
@@ -131,9 +331,9 @@ class Tracker:
         return run
 
     def log(self, record: Record) -> None:
+        assert self._metrics is not None
         entry = summarise(record)
         self._metrics.write(json.dumps(entry) + "\n")
-        self._metrics.flush()
         self._remember(entry)
         if self.wandb_run is not None:
             self.wandb_run.log(self._wandb_row(entry))
@@ -172,31 +372,80 @@ class Tracker:
                 row[key] = value
         return row
 
-    def _write_summary(self, status: str, error: str | None = None) -> None:
-        write_json_atomic(
-            self.run_dir / "summary.json",
-            {
-                "status": status,
-                "error": error,
-                "wall_time_s": time.time() - self.started,
+    def _summary(self, status: str, error: str | None, full: bool = True) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "status": status,
+            "error": error,
+            "wall_time_s": time.time() - self.started,
+        }
+        if full:
+            summary |= {
                 "final": self.last,
                 "best": self.best,
                 "config": self.config,
                 "wandb": self.wandb_info,
-            },
-        )
+            }
+        return summary
+
+    def _write_summary(self, status: str, error: str | None = None) -> None:
+        write_json_atomic(self.run_dir / "summary.json", self._summary(status, error))
+
+    def _write_final_summary(self, status: str, error: str | None) -> None:
+        """The last summary, into the space reserved at the start, so a full disk still records
+        how the run ended (if it outgrew the reserve: in the reserve's freed space, without the
+        config and metrics when even that fails)."""
+        fd, self._reserve = self._reserve, None
+        reserve = self.run_dir / ".summary.json.reserve"
+        data = json.dumps(self._summary(status, error), indent=2, default=_jsonable).encode()
+        if fd is not None and len(data) <= _SUMMARY_RESERVE_BYTES:
+            _write_reserved(fd, reserve, self.run_dir / "summary.json", data)
+            return
+        if fd is not None:
+            os.close(fd)
+            reserve.unlink()
+        try:
+            self._write_summary(status, error)
+        except OSError as failure:
+            if failure.errno != errno.ENOSPC:
+                raise
+            write_json_atomic(self.run_dir / "summary.json", self._summary(status, error, False))
 
     def finish(self, error: BaseException | None = None) -> None:
-        self._metrics.close()
-        status = "completed" if error is None else "failed"
-        message = None if error is None else f"{type(error).__name__}: {error}"
-        self._write_summary(status, message)
-        if self.wandb_run is not None:
-            if self.last is not None:
-                for key, value in self._wandb_row(self.last).items():
-                    self.wandb_run.summary[key] = value
-            self.wandb_run.summary["status"] = status
-            self.wandb_run.finish(exit_code=0 if error is None else 1)
+        """Close the metrics, write the final summary, finish the W&B run and release the
+        folder, each step attempted whatever the others did; the first failure of a run that
+        was otherwise fine is raised (and recorded in the summary when possible)."""
+        if self._finished:
+            return
+        self._finished = True
+        failure: BaseException | None = None
+        try:
+            try:
+                if self._metrics is not None:
+                    self._metrics.close()
+            except OSError as e:
+                failure = e
+            problem = error or failure
+            status = "completed" if problem is None else "failed"
+            message = None if problem is None else f"{type(problem).__name__}: {problem}"
+            try:
+                self._write_final_summary(status, message)
+            except OSError as e:
+                failure = failure or e
+            if self.wandb_run is not None:
+                try:
+                    if self.last is not None:
+                        for key, value in self._wandb_row(self.last).items():
+                            self.wandb_run.summary[key] = value
+                    self.wandb_run.summary["status"] = status
+                    self.wandb_run.finish(exit_code=0 if problem is None else 1)
+                except Exception as e:  # the files above are the record; W&B mirrors them
+                    failure = failure or e
+        finally:
+            if self._reserve is not None:
+                os.close(self._reserve)
+            self._lock.close()
+        if failure is not None and error is None:
+            raise failure
 
     def __enter__(self) -> Tracker:
         return self

@@ -5,7 +5,8 @@ requests from 0), which returns one of:
 - a string: a normal completion with that text (and token usage);
 - ``("status", code)``: an error status with an OpenAI-style error body (e.g. 429, 500);
 - ``("sleep", seconds)``: answer normally, but only after ``seconds`` (to trigger timeouts);
-- ``("raw", text)``: a 200 with ``text`` as the body (a malformed reply).
+- ``("raw", text)``: a 200 with ``text`` as the body (a malformed reply);
+- ``("drop", None)``: close the connection without answering (a dropped connection).
 ``max_in_flight`` records the most requests it handled at once.
 """
 
@@ -72,6 +73,9 @@ class StubServer:
                         stub.in_flight -= 1
 
             def _answer(self, answer: Response, body: dict[str, Any]) -> None:
+                if isinstance(answer, tuple) and answer[0] == "drop":
+                    self.close_connection = True
+                    return
                 if isinstance(answer, tuple) and answer[0] == "sleep":
                     time.sleep(answer[1])
                     answer = "[EXPLANATION]: too late"

@@ -71,7 +71,8 @@ def _csv(path):
 @pytest.fixture(scope="module")
 def mixed_sweep(tmp_path_factory):
     """4 completed jobs (SAE, MLP × two L1 coefficients), one diverged (lr=1e30), one invalid
-    (data.K > data.N, stopped before tracking) and one left 'running'."""
+    (data.K > data.N, stopped before tracking) and one left 'running' with no process holding its
+    folder, as ``kill -9`` leaves a run: 'interrupted'."""
     root = tmp_path_factory.mktemp("mixed")
     good = run_cli(
         ["-m", "encoder=sae,mlp", "l1_coeff=0.01,0.1", *TINY, "hydra.sweep.dir=sweep"], cwd=root
@@ -106,7 +107,7 @@ def test_report_lists_every_job_and_writes_csv_table_and_figures(mixed_sweep):
     statuses = {job: {r["status"] for r in job_rows} for job, job_rows in by_job.items()}
     assert statuses["bad0"] == {"failed"}  # diverged: NaN loss
     assert statuses["bad1"] == {"no summary"}  # invalid config: stopped before tracking
-    assert statuses["unfinished"] == {"running"}
+    assert statuses["unfinished"] == {"interrupted"}
     assert all(statuses[j] == {"completed"} for j in "0123")
     # completed jobs: 3 evaluations (steps 0, 10, 20) × 2 replicas
     for job in "0123":
@@ -130,7 +131,7 @@ def test_report_lists_every_job_and_writes_csv_table_and_figures(mixed_sweep):
         assert "| mlp-32 |" in text and "| sae |" in text
         assert "3 of 7 jobs did not complete" in text
         assert "NonFiniteLoss" in text
-        assert "| bad1 | no summary |" in text and "| unfinished | running |" in text
+        assert "| bad1 | no summary |" in text and "| unfinished | interrupted |" in text
         assert "invalid configuration: data.K=99 is invalid" in text
     figures = {p.name for p in out.iterdir() if p.suffix in (".png", ".pdf")}
     stems = {"curves_unknown_N16_M8_K3_l1-0.01", "curves_unknown_N16_M8_K3_l1-0.1",

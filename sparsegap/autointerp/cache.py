@@ -2,8 +2,8 @@
 
 The key is the SHA-256 of the request — model, messages and sampling parameters, as canonical
 JSON — and each entry is one small JSON file written atomically (``<key[:2]>/<key>.json``), so
-concurrent workers and killed runs never leave a half-written entry. Only successful replies are
-stored; failures are retried on the next run.
+concurrent workers and killed runs never leave a half-written entry. Only successful replies
+that parse are stored (see ``LLMClient.complete``); failures are asked again on the next run.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class LLMConfig:
 
     model: str = "gpt-4o-mini"  # model name sent to the endpoint
     base_url: str | None = None  # null = OpenAI; e.g. http://localhost:8000/v1 for a local server
-    api_key: str | None = None  # null = the environment variable named by api_key_env
+    api_key: str | None = None  # null = the environment variable named by api_key_env (better:
+    # a key given here is moved there before anything is written, never recorded; secrets.py)
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
     max_tokens: int = 512  # completion tokens per request

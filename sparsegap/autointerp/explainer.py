@@ -95,7 +95,8 @@ class LLMExplainer:
             for e, lg in zip(examples, logits, strict=True)
         ]
         out = []
-        for reply in self.client.complete_many(prompts):
+        parses = [lambda text: parse_explanation(text) is not None] * len(prompts)
+        for reply in self.client.complete_many(prompts, parses):
             if reply.text is None:
                 out.append(Explanation(None, reply.error))
                 continue

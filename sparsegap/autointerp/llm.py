@@ -2,8 +2,9 @@
 
 Adds what a batch of hundreds of requests needs: an explicit timeout; retries with exponential
 backoff and jitter after a 429, a 5xx, a timeout or a dropped connection (``Retry-After`` honoured);
-a concurrency limit; the on-disk response cache; and usage counters (requests, cache hits,
-retries, failures by kind, tokens, cost). A request that still fails, or whose reply is malformed,
+a concurrency limit; the on-disk response cache, which keeps only replies that parse (so a
+rerun asks again after a bad one); and usage counters (requests, cache hits, retries, failures by
+kind, tokens, cost). A request that still fails, or whose reply is malformed,
 comes back as a ``Reply`` with ``error`` set — never an exception — so no feature is lost.
 """
 
@@ -15,6 +16,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from sparsegap.autointerp.cache import ResponseCache, request_key
 from sparsegap.config import ConfigError
 
 Messages = list[dict[str, str]]
+Check = Callable[[str], bool]  # whether a reply's text parses (only those are cached)
 
 
 @dataclass
@@ -130,10 +133,14 @@ class LLMClient:
             "max_tokens": self.cfg.max_tokens,
         }
 
-    def complete(self, messages: Messages) -> Reply:
+    def complete(self, messages: Messages, parses: Check | None = None) -> Reply:
+        """One completion, from the cache when it holds one; a fresh reply is cached when it
+        succeeded and ``parses`` (when given) accepts it. A cached reply that ``parses`` rejects
+        (cached by an older version) is asked for again."""
         request = self.request(messages)
         key = request_key(request)
-        if self.cache is not None and (entry := self.cache.get(key)) is not None:
+        entry = self.cache.get(key) if self.cache is not None else None
+        if entry is not None and (parses is None or parses(entry["text"])):
             reply = Reply(
                 entry["text"],
                 cached=True,
@@ -143,7 +150,11 @@ class LLMClient:
             self.usage.add(reply, retries=0)
             return reply
         reply, retries = self._send(request)
-        if reply.error is None and self.cache is not None:
+        if (
+            reply.error is None
+            and self.cache is not None
+            and (parses is None or parses(reply.text))  # type: ignore[arg-type]
+        ):
             self.cache.put(
                 key,
                 {
@@ -156,12 +167,16 @@ class LLMClient:
         self.usage.add(reply, retries)
         return reply
 
-    def complete_many(self, batch: list[Messages]) -> list[Reply]:
-        """Replies in the order of ``batch``, at most ``llm.concurrency`` requests in flight."""
+    def complete_many(
+        self, batch: list[Messages], parses: Sequence[Check] | None = None
+    ) -> list[Reply]:
+        """Replies in the order of ``batch``, at most ``llm.concurrency`` requests in flight;
+        ``parses[i]`` checks the reply to ``batch[i]`` (see ``complete``)."""
         if not batch:
             return []
+        checks = list(parses) if parses is not None else [None] * len(batch)
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(batch))) as pool:
-            return list(pool.map(self.complete, batch))
+            return list(pool.map(self.complete, batch, checks))
 
     def _send(self, request: dict[str, Any]) -> tuple[Reply, int]:
         attempts = 0

@@ -35,6 +35,7 @@ from sparsegap.autointerp.llm import LLMClient, make_client
 from sparsegap.autointerp.logits import LogitEffects, logit_effects
 from sparsegap.autointerp.ngram import CorpusCounts, NgramExplainer, RuleScorer
 from sparsegap.autointerp.scorer import LLMScorer, Score
+from sparsegap.autointerp.secrets import redacted
 from sparsegap.tracking import write_json_atomic, write_text_atomic
 
 SUMMARY = "autointerp.json"  # marks an autointerp output folder
@@ -191,7 +192,7 @@ def _start_wandb(cfg: DictConfig, out_dir: Path, name: str) -> Any:
         job_type="autointerp",
         mode=cfg.logger.mode,
         dir=os.environ.get("WANDB_DIR") or str(out_dir),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=redacted(OmegaConf.to_container(cfg, resolve=True)),  # type: ignore[arg-type]
         reinit="finish_previous",
     )
 
@@ -244,7 +245,7 @@ def execute(
     if cfg.device.threads is not None:
         torch.set_num_threads(cfg.device.threads)
     started = time.time()
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = redacted(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     state: dict[str, Any] = {"status": "running", "error": None, "config": config}
     write_json_atomic(out_dir / SUMMARY, state)
     wandb_run = None

@@ -13,6 +13,7 @@ labeller that always says yes gets F1 = 2/3 but balanced accuracy 1/2.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sparsegap.autointerp.examples import FeatureExamples
@@ -81,6 +82,10 @@ def parse_labels(reply: str, n: int) -> list[int] | None:
     return None
 
 
+def _labels_check(n: int) -> Callable[[str], bool]:
+    return lambda text: parse_labels(text, n) is not None
+
+
 class LLMScorer:
     def __init__(self, client: LLMClient, vocab: list[str]) -> None:
         self.client, self.vocab = client, vocab
@@ -90,7 +95,8 @@ class LLMScorer:
     ) -> list[Score]:
         todo = [i for i, x in enumerate(explanations) if x.text is not None]
         prompts = [score_prompt(explanations[i].text, examples[i], self.vocab) for i in todo]  # type: ignore[arg-type]
-        replies = dict(zip(todo, self.client.complete_many(prompts), strict=True))
+        parses = [_labels_check(len(examples[i].score)) for i in todo]
+        replies = dict(zip(todo, self.client.complete_many(prompts, parses), strict=True))
         out = []
         for i, e in enumerate(examples):
             reply = replies.get(i)

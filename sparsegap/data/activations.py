@@ -100,23 +100,51 @@ def check_available(d: DictConfig) -> None:
 
 
 def check_model(d: DictConfig) -> None:
-    """The model half of ``check_available``."""
+    """The model half of ``check_available``, with ``data.hook``'s block checked against the
+    model's ``config.json`` when it is on disk (before any weights load)."""
     if d.model_path is not None:
         if not (Path(d.model_path) / "config.json").is_file():
             raise ConfigError(
                 f"data.model_path={d.model_path!r} is invalid: no config.json there; it must be"
                 " a transformers save_pretrained folder (model and tokenizer)"
             )
+        check_hook_block(d, Path(d.model_path) / "config.json")
         return
     from huggingface_hub import try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(d.model, "config.json"), str):
+    cached = try_to_load_from_cache(d.model, "config.json")
+    if isinstance(cached, str):
+        check_hook_block(d, Path(cached))
         return
     reason = _hub_offline()
     if reason is not None:
         raise ConfigError(
             f"data.model={d.model!r} cannot be downloaded: {reason}, and it is not in the local"
             f" Hugging Face cache; {_LOCAL_HINT}"
+        )
+
+
+# Where transformers' config.json files state the number of blocks (GPT-2, Llama/Gemma/…, others).
+_LAYER_COUNT_KEYS = ("n_layer", "num_hidden_layers", "n_layers", "num_layers")
+
+
+def check_hook_block(d: DictConfig, config_json: Path) -> None:
+    """Raise ConfigError when ``data.hook`` names a block (``blocks.<i>.``) the model does not
+    have. Other hook names are checked once the model is loaded (``load_transformer``): only it
+    knows every hook point."""
+    match = _LAYER.match(d.hook)
+    if match is None:
+        return
+    try:
+        config = json.loads(config_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    config = config.get("text_config", config)  # multimodal configs nest the language model's
+    layers = next((config[k] for k in _LAYER_COUNT_KEYS if isinstance(config.get(k), int)), None)
+    if layers is not None and int(match.group(1)) >= layers:
+        raise ConfigError(
+            f"data.hook={d.hook!r} is invalid: the model has {layers} blocks, blocks.0 …"
+            f" blocks.{layers - 1}; e.g. blocks.{layers - 1}.hook_resid_post"
         )
 
 
@@ -286,15 +314,59 @@ def build_cache(cfg: DictConfig, progress: bool = False) -> dict[str, Any]:
     resumed_from = written
     bridge = load_transformer(d)
     started = time.perf_counter()
+    try:
+        written = _fill(cfg, folder, bridge, manifest, written, done, progress)
+        if written < target:
+            raise ConfigError(  # the manifest holds what was written: a rerun with more text
+                f"data.tokens={d.tokens} is invalid: the text ran out after {written:,}"
+                f" activation tokens (data.test_tokens={d.test_tokens} included); add text or"
+                " lower data.tokens"
+            )
+    except BaseException:
+        if not (folder / MANIFEST).exists():  # nothing usable was recorded: no orphan file
+            (folder / ROWS_FILE).unlink(missing_ok=True)
+        raise
+    manifest = read_manifest(folder)
+    manifest["folder"] = str(folder)
+    manifest["tokens_per_s"] = (written - resumed_from) / max(time.perf_counter() - started, 1e-9)
+    return manifest
+
+
+def _fill(
+    cfg: DictConfig,
+    folder: Path,
+    bridge: TransformerBridge,
+    manifest: dict[str, Any],
+    written: int,
+    done: int,
+    progress: bool,
+) -> int:
+    """``build_cache``'s loop: rows into ``activations.bin`` after ``written`` (``done``
+    contexts), the manifest rewritten every ``cache.flush_tokens``. When the text runs out, the
+    rows written are recorded and the file is cut to them (a rerun sizes it again). Returns the
+    rows on disk."""
+    d, c = cfg.data, cfg.cache
+    target = d.test_tokens + d.tokens
+    itemsize = np.dtype(_NUMPY_DTYPES[c.dtype]).itemsize
     dim = manifest.get("dim")
     rows_path = folder / ROWS_FILE
     store: np.memmap | None = None
     last_flush = resume_at = written
+
+    def record() -> None:
+        assert store is not None
+        store.flush()
+        _write_manifest(folder, {
+            "format": CACHE_FORMAT, "source": {key: d[key] for key in SOURCE_KEYS}, "dim": dim,
+            "dtype": c.dtype, "tokens": written, "target_tokens": target,
+            "resume_tokens": resume_at, "contexts": done, "complete": written == target,
+        })  # fmt: skip
+
     for rows, used in _prefetched(model_rows(d, bridge, skip_contexts=done), d.prefetch):
         if store is None:
             dim = rows.shape[1]
             with open(rows_path, "ab") as f:  # sized to the target, filled as rows arrive
-                f.truncate(target * dim * np.dtype(_NUMPY_DTYPES[c.dtype]).itemsize)
+                f.truncate(target * dim * itemsize)
             store = np.memmap(rows_path, dtype=_NUMPY_DTYPES[c.dtype], mode="r+")
             store = store.reshape(target, dim)
         take = min(rows.shape[0], target - written)
@@ -304,32 +376,17 @@ def build_cache(cfg: DictConfig, progress: bool = False) -> dict[str, Any]:
             done += used
             resume_at = written
         if written - last_flush >= c.flush_tokens or written == target:
-            store.flush()
+            record()
             last_flush = written
-            manifest = {
-                "format": CACHE_FORMAT,
-                "source": source,
-                "dim": dim,
-                "dtype": c.dtype,
-                "tokens": written,
-                "target_tokens": target,
-                "resume_tokens": resume_at,
-                "contexts": done,
-                "complete": written == target,
-            }
-            _write_manifest(folder, manifest)
             if progress:
                 print(f"cache: {written:,} / {target:,} tokens", flush=True)
         if written == target:
-            break
-    if written < target:
-        raise ConfigError(  # the manifest holds what was written: a rerun with more text goes on
-            f"data.tokens={d.tokens} is invalid: the text ran out after {written:,} activation"
-            f" tokens (data.test_tokens={d.test_tokens} included); add text or lower data.tokens"
-        )
-    manifest["folder"] = str(folder)
-    manifest["tokens_per_s"] = (written - resumed_from) / max(time.perf_counter() - started, 1e-9)
-    return manifest
+            return written
+    if store is not None and written > 0:  # the text ran out: keep the rows, not the room
+        record()
+        del store
+        os.truncate(rows_path, written * dim * itemsize)
+    return written
 
 
 def _to_numpy(rows: Tensor, dtype: str) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Read run folders (``metrics.jsonl`` + ``summary.json``) into jobs and tidy rows.
 
 A *job* is one run folder: a single run, or one numbered folder of a multirun. Every job is kept,
-whatever its state: ``completed``, ``failed`` (with its error), ``running`` (still running, or
-killed without a chance to say so) and ``no summary`` (stopped before tracking started, e.g. an
-invalid configuration in a multirun; its config then comes from Hydra's ``.hydra/`` files).
+whatever its state: ``completed``, ``failed`` (with its error), ``running`` (a live process holds
+the folder's lock), ``interrupted`` (its summary says ``running`` but no process holds the folder:
+killed without a chance to say so, e.g. ``kill -9`` or a lost node) and ``no summary`` (stopped
+before tracking started, e.g. an invalid configuration in a multirun; its config then comes from
+Hydra's ``.hydra/`` files).
 
 A *row* is one job × replica × evaluation, with every per-replica metric as a column
 (``latent_mcc/test`` → ``latent_mcc_test``). A job without any evaluation still gets one row, so
@@ -18,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sparsegap.tracking import LOCK_FILE, holder
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -53,7 +57,7 @@ class Job:
 
     path: Path
     name: str  # path relative to the report root ("." for a single run)
-    status: str  # completed | failed | running | no summary
+    status: str  # completed | failed | running | interrupted | no summary
     error: str | None
     config: dict[str, Any]
     overrides: list[str]
@@ -242,6 +246,8 @@ def load_job(path: Path, root: Path) -> Job:
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
     if summary is not None:
         status = str(summary.get("status", "running"))
+        if status == "running" and (path / LOCK_FILE).exists() and holder(path) is None:
+            status = "interrupted"
         error = summary.get("error")
         config = summary.get("config") or {}
         wall = summary.get("wall_time_s")
