@@ -318,7 +318,7 @@ def lm_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_a_hook_beyond_the_models_blocks_is_refused_before_it_loads(lm_sources, monkeypatch):
-    from sparsegap.config import validate
+    from sparsegap.validate import validate
     from sparsegap.data import activations
 
     def no_loading(*args, **kwargs):
