@@ -90,7 +90,7 @@ class LMDataConfig:
     evaluation set; the next ``tokens`` are trained on, each once. ``data=lm``: GPT-2 small, the
     residual stream before block 9, OpenWebText streamed, 100 M training tokens."""
 
-    source: str = "lm"
+    source: str = "lm"  # lm: activations of a language model (data=lm sets it)
     model: str = "gpt2"  # Hugging Face hub name of the transformer
     model_path: str | None = None  # local save_pretrained folder, used instead of the hub
     hook: str = "blocks.9.hook_resid_pre"  # transformer-lens hook point whose output is X
