@@ -73,6 +73,7 @@ class DictionaryLearningConfig(EncoderConfig):
     duplicate_cosine: float = 0.95  # resample_dead: atoms with |cosine| above this are duplicates
     restarts: int = 19  # extra candidate dictionaries per replica; the lowest objective is kept
     test_iterations: int | None = 300  # inference iterations for test codes; null = inference's
+    # training and test codes: non-negative FISTA, l1 0.2, 20 warm-started iterations per step
     inference: InferenceConfig = field(default_factory=_dl_inference)
 
 

@@ -28,7 +28,7 @@ class SAEITOConfig(EncoderConfig, HandStepConfig):
 
     name: str = "sae_ito"
     init: str = "sae"  # start inference from the SAE's codes (sae) or from exp(init_log) (scratch)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # the test-time inference
 
 
 @register_encoder

@@ -32,7 +32,7 @@ class SparseCodingConfig(EncoderConfig, HandStepConfig):
 
     name: str = "sparse_coding"
     init_log: float = -10.0  # training log-codes start here (the authors' value)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # test-time inference
 
 
 @register_encoder
