@@ -267,7 +267,6 @@ def nnls(gram: Tensor, rhs: Tensor, valid: Tensor, coef: Tensor, floor: Tensor) 
     arithmetic the inner loop never reaches; the outer cap only guards against numerical cycling.
     """
     t = gram.shape[-1]
-    tiny = torch.finfo(gram.dtype).tiny
     free = valid & (coef > 0)
     slots = torch.arange(t, device=gram.device)
     for _ in range(2 * t + 2):
@@ -278,16 +277,26 @@ def nnls(gram: Tensor, rhs: Tensor, valid: Tensor, coef: Tensor, floor: Tensor) 
             break
         enter = dual.masked_fill(~candidate, float("-inf")).argmax(-1, keepdim=True)
         free = free | ((slots == enter) & grow)
-        for _ in range(t + 1):
-            z = masked_solve(gram, rhs, free)
-            bad = free & (z <= 0)
-            infeasible = bad.any(-1, keepdim=True)
-            ratio = torch.where(bad, coef / (coef - z).clamp_min(tiny), float("inf"))
-            alpha, block = ratio.min(-1, keepdim=True)
-            stepped = coef + alpha.clamp(max=1.0) * (z - coef)
-            coef = torch.where(infeasible, stepped, z).clamp_min(0.0)
-            free = free & ~(infeasible & ((slots == block) | (coef <= 0)))
-            coef = torch.where(free, coef, 0.0)
-            if not infeasible.any():
-                break
+        coef, free = descend(gram, rhs, free, coef)
     return coef
+
+
+def descend(gram: Tensor, rhs: Tensor, free: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """Lawson–Hanson's inner loop from feasible ``coef`` (≥ 0; zero off ``free``): solve on the
+    free set; where that leaves the non-negative orthant, step back to its boundary and drop the
+    blocking slots (at most T + 1 passes). Returns the solution and its free set."""
+    tiny = torch.finfo(gram.dtype).tiny
+    slots = torch.arange(gram.shape[-1], device=gram.device)
+    for _ in range(gram.shape[-1] + 1):
+        z = masked_solve(gram, rhs, free)
+        bad = free & (z <= 0)
+        infeasible = bad.any(-1, keepdim=True)
+        ratio = torch.where(bad, coef / (coef - z).clamp_min(tiny), float("inf"))
+        alpha, block = ratio.min(-1, keepdim=True)
+        stepped = coef + alpha.clamp(max=1.0) * (z - coef)
+        coef = torch.where(infeasible, stepped, z).clamp_min(0.0)
+        free = free & ~(infeasible & ((slots == block) | (coef <= 0)))
+        coef = torch.where(free, coef, 0.0)
+        if not infeasible.any():
+            break
+    return coef, free

@@ -27,7 +27,12 @@ from torch import Tensor
 from sparsegap.flops import Flops
 from sparsegap.inference.base import Inference, register_inference
 from sparsegap.inference.ista import FISTA
-from sparsegap.inference.matching_pursuit import ZERO_CORRELATION_EPS, masked_solve, nnls
+from sparsegap.inference.matching_pursuit import (
+    ZERO_CORRELATION_EPS,
+    descend,
+    masked_solve,
+    nnls,
+)
 
 CHUNK_ELEMENTS = 1 << 24  # gathered atoms per chunk: 64 MB in float32
 
@@ -76,7 +81,8 @@ class Refit(Inference):
         start = init.transpose(1, 2).gather(-1, index)
         if self.nonnegative:
             floor = ZERO_CORRELATION_EPS * torch.finfo(atoms.dtype).eps * x.norm(dim=0)
-            coef = descend(gram, rhs, valid, start.clamp_min(0) * valid)
+            start = start.clamp_min(0) * valid
+            coef, _ = descend(gram, rhs, valid & (start > 0), start)
             coef = nnls(gram, rhs, valid, coef, floor.to(atoms.dtype).expand(replicas, -1))
         else:
             coef = masked_solve(gram, rhs, valid)
@@ -96,25 +102,3 @@ class Refit(Inference):
 
     def iteration_flops(self, samples: int, latents: int, dim: int) -> Flops:
         return self.flops(samples, latents, dim)
-
-
-def descend(gram: Tensor, rhs: Tensor, free: Tensor, coef: Tensor) -> Tensor:
-    """Lawson–Hanson's inner loop from feasible ``coef`` (≥ 0, positive on ``free``): solve on
-    the free set; where that leaves the non-negative orthant, step back to its boundary and drop
-    the blocking slots. Returns the solution on the final free set (at most T + 1 passes)."""
-    tiny = torch.finfo(gram.dtype).tiny
-    slots = torch.arange(gram.shape[-1], device=gram.device)
-    free = free & (coef > 0)
-    for _ in range(gram.shape[-1] + 1):
-        z = masked_solve(gram, rhs, free)
-        bad = free & (z <= 0)
-        infeasible = bad.any(-1, keepdim=True)
-        ratio = torch.where(bad, coef / (coef - z).clamp_min(tiny), float("inf"))
-        alpha, block = ratio.min(-1, keepdim=True)
-        stepped = coef + alpha.clamp(max=1.0) * (z - coef)
-        coef = torch.where(infeasible, stepped, z).clamp_min(0.0)
-        free = free & ~(infeasible & ((slots == block) | (coef <= 0)))
-        coef = torch.where(free, coef, 0.0)
-        if not infeasible.any():
-            break
-    return coef
