@@ -11,6 +11,7 @@ encode/decode are also written out here, so the loaders are checked without it t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ from scipy.optimize import nnls as scipy_nnls
 
 from sparsegap.__main__ import run
 from sparsegap.config import ConfigError, InferenceConfig
-from sparsegap.inference import build_inference
+from sparsegap.inference import build_inference, refit
 from sparsegap.pretrained import loaders
 from sparsegap.pretrained.export import export_run, save_saelens
 from sparsegap.pretrained.sae import PretrainedSAE
@@ -196,25 +197,29 @@ def _reweigh(folder: Path, **changes) -> None:
     save_file(weights, folder / "sae_weights.safetensors")
 
 
-def test_refit_is_nnls_on_the_support():
+def test_refit_is_nnls_on_the_support(monkeypatch):
     g = torch.Generator().manual_seed(0)
-    atoms = torch.nn.functional.normalize(torch.randn(1, D, L, generator=g), dim=1)
+    atoms = torch.nn.functional.normalize(torch.randn(2, D, L, generator=g), dim=1)
     x = torch.randn(D, 50, generator=g)
-    init = torch.randn(1, L, 50, generator=g).relu() * (torch.rand(1, L, 50, generator=g) < 0.15)
+    init = torch.randn(2, L, 50, generator=g).relu() * (torch.rand(2, L, 50, generator=g) < 0.15)
     codes = build_inference(InferenceConfig(name="refit"), 0.0)(x, atoms, init)
     assert not ((codes != 0) & (init == 0)).any() and (codes >= 0).all()
-    for b in range(50):
-        support = init[0, :, b].nonzero().flatten()
+    for r, b in itertools.product(range(2), range(50)):
+        support = init[r, :, b].nonzero().flatten()
         if len(support):
-            exact, _ = scipy_nnls(atoms[0][:, support].double().numpy(), x[:, b].double().numpy())
-            torch.testing.assert_close(codes[0, support, b].double(), torch.from_numpy(exact),
+            exact, _ = scipy_nnls(atoms[r][:, support].double().numpy(), x[:, b].double().numpy())
+            torch.testing.assert_close(codes[r, support, b].double(), torch.from_numpy(exact),
                                        rtol=1e-4, atol=1e-4)  # fmt: skip
+    # Chunks of a few samples (each its own support width) give the same codes.
+    monkeypatch.setattr(refit, "CHUNK_ELEMENTS", 2 * D * 32)
+    chunked = build_inference(InferenceConfig(name="refit"), 0.0)(x, atoms, init)
+    torch.testing.assert_close(chunked, codes, rtol=1e-5, atol=1e-6)
     # Without init, the support is FISTA's at the configured L1 weight.
     fista_support = (
         build_inference(InferenceConfig(name="fista", iterations=50), 0.05)(x, atoms) != 0
     )
-    refit = build_inference(InferenceConfig(name="refit", iterations=50), 0.05)(x, atoms)
-    assert not ((refit != 0) & ~fista_support).any()
+    refitted = build_inference(InferenceConfig(name="refit", iterations=50), 0.05)(x, atoms)
+    assert not ((refitted != 0) & ~fista_support).any()
 
 
 # ---------------------------------------------------------------- a tiny model, end to end
