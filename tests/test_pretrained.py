@@ -357,7 +357,7 @@ def test_measurement_end_to_end(tiny, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.hook=blocks.7.hook_resid_pre", "has no such hook point"),
+        ("data.hook=blocks.7.hook_resid_pre", "the model has 2 blocks, blocks.0 … blocks.1"),
     ],
 )
 def test_hook_problems_fail_before_harvesting(tiny, tmp_path, override, message):
