@@ -6,6 +6,8 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 DEV     := .venv/.installed-dev
 TRITON  := .venv/.triton
+SAELENS := .venv-saelens/.installed
+SAELENS_PY := .venv-saelens/bin/python
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
@@ -39,9 +41,23 @@ $(TRITON): $(DEV)
 	then $(PY) -m pip install --quiet triton==3.9.0; fi
 	touch $(TRITON)
 
+# SAELens 6 requires transformer-lens < 4 and the suite's .venv has 4.x, so SAELens's own classes
+# and the transformer-lens 3.x side of the model adapter run in a second venv (tests/test_pretrained.py
+# calls it as SAELENS_PYTHON, in a subprocess). It sees .venv's packages through a .pth file that
+# adds .venv's site-packages (with its own .pth files: the editable sparsegap) *after* its own, so
+# the transformer-lens 3.x installed here shadows .venv's 4.x, and pip installs only what .venv
+# lacks (torch and transformers are .venv's; pip leaves packages outside its venv alone).
+$(SAELENS): $(DEV) tests/constraints-saelens.txt
+	$(PY) -m venv --clear .venv-saelens
+	shared=$$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))"); \
+	own=$$($(SAELENS_PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))"); \
+	echo "import site; site.addsitedir('$$shared')" > "$$own/sparsegap-venv.pth"
+	$(SAELENS_PY) -m pip install --quiet -c tests/constraints-saelens.txt sae-lens transformer-lens
+	touch $(SAELENS)
+
 # `paper`-marked tests (the whole `make paper QUICK=1` path, minutes) run in test-slow only.
-test: $(TRITON)
-	$(PY) -m pytest -q -m "not gpu and not paper"
+test: $(TRITON) $(SAELENS)
+	SAELENS_PYTHON=$(CURDIR)/$(SAELENS_PY) $(PY) -m pytest -q -m "not gpu and not paper"
 
 test-slow: $(TRITON)
 	$(PY) -m pytest -q -m slow
@@ -56,8 +72,11 @@ report: $(STAMP)
 	@test -n "$(DIR)" || { echo "make report DIR=<run or multirun folder>"; exit 2; }
 	$(PY) -m sparsegap.report $(DIR)
 
+# Then the pretrained-gap methods' CPU throughput (d = 768, 4,096 latents, 4,096 tokens; ms per
+# 1,000 tokens of the encoder, NNLS refit, FISTA, OMP and ITO).
 bench: $(STAMP)
 	$(PY) -m sparsegap.bench
+	$(PY) -m sparsegap.pretrained.bench
 
 # The first Python whose torch sees a CUDA GPU: .venv's, else the machine's own (a GPU machine's
 # image, say, offline, with the framework's pure-Python packages carried in .bench-site).
@@ -120,4 +139,4 @@ format: $(DEV)
 	$(PY) -m ruff check --fix sparsegap tests
 
 clean:
-	rm -rf .venv outputs/runs outputs/multirun
+	rm -rf .venv .venv-saelens outputs/runs outputs/multirun

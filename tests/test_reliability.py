@@ -318,8 +318,8 @@ def lm_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_a_hook_beyond_the_models_blocks_is_refused_before_it_loads(lm_sources, monkeypatch):
-    from sparsegap.validate import validate
     from sparsegap.data import activations
+    from sparsegap.validate import validate
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")

@@ -63,27 +63,32 @@ class Refit(Inference):
         if widest == 0:
             return out
         chunk = max(1, CHUNK_ELEMENTS // (replicas * dim * widest))
+        # Atoms as rows (R, L, M), contiguous: gathering rows of it is ~3× faster than gathering
+        # through the transposed view.
+        rows = atoms.transpose(1, 2).contiguous()
         for start in range(0, samples, chunk):
             part = slice(start, min(start + chunk, samples))
-            out[:, :, part] = self._solve(x[:, part], atoms, init[:, :, part], support[:, :, part])
+            out[:, :, part] = self._solve(x[:, part], rows, init[:, :, part], support[:, :, part])
         return out
 
-    def _solve(self, x: Tensor, atoms: Tensor, init: Tensor, support: Tensor) -> Tensor:
-        replicas, _, latents = atoms.shape
+    def _solve(self, x: Tensor, rows: Tensor, init: Tensor, support: Tensor) -> Tensor:
+        """The refit of columns x (M, B) on ``support`` (R, L, B), atoms as ``rows`` (R, L, M)."""
+        replicas, latents, _ = rows.shape
         width = max(int(support.sum(dim=1).max()), 1)
         # The support's indices first in each column (R, B, T); padding slots are invalid.
-        valid, index = support.transpose(1, 2).to(atoms.dtype).topk(width, dim=-1, sorted=False)
+        valid, index = support.transpose(1, 2).to(rows.dtype).topk(width, dim=-1, sorted=False)
         valid = valid > 0
-        replica = torch.arange(replicas, device=atoms.device)[:, None, None]
-        chosen = atoms.transpose(1, 2)[replica, index]  # (R, B, T, M)
+        replica = torch.arange(replicas, device=rows.device)[:, None, None]
+        chosen = rows[replica, index]  # (R, B, T, M)
         gram = chosen @ chosen.transpose(-1, -2)  # (R, B, T, T)
-        rhs = (chosen @ x.T.to(atoms.dtype)[None, :, :, None]).squeeze(-1)  # (R, B, T)
+        # D_Ωᵀx per sample; einsum reduces over M in one pass, unlike B broadcast mat-vec products.
+        rhs = torch.einsum("rbtm,bm->rbt", chosen, x.T.to(rows.dtype))  # (R, B, T)
         start = init.transpose(1, 2).gather(-1, index)
         if self.nonnegative:
-            floor = ZERO_CORRELATION_EPS * torch.finfo(atoms.dtype).eps * x.norm(dim=0)
+            floor = ZERO_CORRELATION_EPS * torch.finfo(rows.dtype).eps * x.norm(dim=0)
             start = start.clamp_min(0) * valid
             coef, _ = descend(gram, rhs, valid & (start > 0), start)
-            coef = nnls(gram, rhs, valid, coef, floor.to(atoms.dtype).expand(replicas, -1))
+            coef = nnls(gram, rhs, valid, coef, floor.to(rows.dtype).expand(replicas, -1))
         else:
             coef = masked_solve(gram, rhs, valid)
         dense = coef.new_zeros(replicas, x.shape[1], latents)

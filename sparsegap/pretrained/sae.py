@@ -167,7 +167,7 @@ class PretrainedSAE:
     def decode_normalised(self, codes: Tensor) -> Tensor:
         w_dec = self.weights["W_dec"]
         if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
-            codes = codes / w_dec.norm(dim=-1)
+            codes = codes * (1 / w_dec.norm(dim=-1))  # SAELens's order of operations: same bits
         return codes @ w_dec + self.weights["b_dec"]
 
     def decode(self, codes: Tensor, x: Tensor | None = None) -> Tensor:
