@@ -176,17 +176,23 @@ def harvest(
 
 
 def print_summary(tracker: Tracker, run_dir: Path) -> None:
+    """The last evaluation as a table (metric, mean, std across replicas), the FLOPs and the
+    best test latent MCC over training, one column of names wide enough for them all."""
     final = tracker.last or {}
-    rows = [(k, v) for k, v in final.items() if isinstance(v, dict) and not k.startswith("dead")]
-    width = max((len(k) for k, _ in rows), default=10)
-    lines = [f"{'metric':<{width}}  {'mean':>10}  {'std':>9}"]
-    lines += [f"{k:<{width}}  {v['mean']:>10.4g}  {v['std']:>9.3g}" for k, v in rows]
+    rows: list[tuple[str, str, str]] = [
+        (k, f"{v['mean']:.4g}", f"{v['std']:.3g}")
+        for k, v in final.items()
+        if isinstance(v, dict) and not k.startswith("dead")
+    ]
     for key in ("flops/train_cumulative", "flops/inference_test", "flops/total"):
         if key in final:
-            lines.append(f"{key:<{width}}  {final[key]:>10.3g}")
+            rows.append((key, f"{final[key]:.3g}", ""))
     best = tracker.best.get("latent_mcc/test")
     if best is not None:
-        lines.append(f"{'best latent_mcc/test':<{width}}  {best:>10.4g}")
+        rows.append(("best latent_mcc/test", f"{best:.4g}", ""))
+    width = max((len(name) for name, _, _ in rows), default=10)
+    lines = [f"{'metric':<{width}}  {'mean':>10}  {'std':>9}"]
+    lines += [f"{name:<{width}}  {mean:>10}  {std:>9}".rstrip() for name, mean, std in rows]
     lines.append(f"step {final.get('step')} · {final.get('wall_time_s', 0):.1f} s · {run_dir}")
     print("\n".join(lines))
 
