@@ -32,6 +32,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sparsegap.report.aggregate import (
     Setting,
+    caveats,
     final_and_best,
     group,
     mean_std,
@@ -60,6 +61,7 @@ class Point:
     flops_train: float  # cumulative training FLOPs per model
     flops_inference: float  # one inference pass over the test set, per model
     wall_time_s: float  # whole job (all replicas and evaluations), mean over jobs
+    caveats: tuple[str, ...] = ()  # why its numbers may not be converged (aggregate.caveats)
 
     @property
     def flops_total(self) -> float:
@@ -103,6 +105,7 @@ def points_of(by_label: dict[str, list[Job]]) -> list[Point]:
                 flops_train=_last(members, "flops/train_cumulative"),
                 flops_inference=_last(members, "flops/inference_test"),
                 wall_time_s=statistics.fmean(walls) if walls else math.nan,
+                caveats=tuple(caveats(members)),
             )
         )
     return sorted(points, key=lambda p: (p.iterative, p.flops_total))
@@ -151,7 +154,7 @@ def gap_statement(points: list[Point]) -> str:
         f"{_pm(a.latent_mcc)} at {a.flops_total:.3g} FLOPs per model (training + test "
         f"inference); the best iterative method, {b.name}, reaches {_pm(b.latent_mcc)} at "
         f"{b.flops_total:.3g} FLOPs ({_fmt(ratio, '.3g')}× the compute): a gap of "
-        f"**{b.latent_mcc[0] - a.latent_mcc[0]:+.3f} latent MCC**."
+        f"**{b.latent_mcc[0] - a.latent_mcc[0]:+.3f} latent MCC**{_provisional(a, b)}."
     ]
     with_dict = [p for p in scored if math.isfinite(p.dictionary_mcc[0])]
     da = max(
@@ -186,11 +189,17 @@ def gap_statement(points: list[Point]) -> str:
     return " ".join(lines)
 
 
+def _provisional(a: Point, b: Point) -> str:
+    """`` (provisional, …)`` naming the caveats of the two points a gap compares, or nothing."""
+    notes = [f"{p.name}: {'; '.join(p.caveats)}" for p in (a, b) if p.caveats]
+    return f" (provisional, not converged: {' · '.join(notes)})" if notes else ""
+
+
 def frontier_table(points: list[Point]) -> str:
     """Markdown table, one row per method; ✓ marks the Pareto front of latent MCC vs FLOPs."""
     front = set(pareto_front([p.flops_total for p in points], [p.latent_mcc[0] for p in points]))
     header = [
-        "method", "kind", "steps", "replicas", "test latent MCC", "dictionary MCC",
+        "method", "kind", "steps", "replicas", "test latent MCC", "caveat", "dictionary MCC",
         "training FLOPs", "inference FLOPs (test set)", "total FLOPs", "wall time (s)",
         "Pareto (latent MCC vs FLOPs)",
     ]  # fmt: skip
@@ -199,7 +208,8 @@ def frontier_table(points: list[Point]) -> str:
         cells = [
             p.name, "iterative" if p.iterative else "one-pass",
             "–" if p.steps is None else f"{p.steps:,}", p.replicas, _pm(p.latent_mcc),
-            _pm(p.dictionary_mcc), _fmt(p.flops_train, ".3g"), _fmt(p.flops_inference, ".3g"),
+            "; ".join(p.caveats) or "–", _pm(p.dictionary_mcc), _fmt(p.flops_train, ".3g"),
+            _fmt(p.flops_inference, ".3g"),
             _fmt(p.flops_total, ".3g"), _fmt(p.wall_time_s, ".1f"), "✓" if i in front else "",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
