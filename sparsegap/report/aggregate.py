@@ -108,6 +108,12 @@ def caveats(jobs: list[Job], key: str = "latent_mcc/test") -> list[str]:
     return notes
 
 
+def above_bound(n: Any, m: Any, k: Any) -> bool:
+    """Whether a regime has the measurements compressed sensing needs to recover K-sparse codes
+    of N sources: M ≥ K·ln(N/K)."""
+    return m >= k * math.log(n / k)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
