@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
+from sparsegap.metrics import L0_THRESHOLD
 from sparsegap.report.aggregate import (
     BASELINE,
     Setting,
@@ -227,7 +228,11 @@ PARETO_Y = [
     ("latent_mcc/test", "latent MCC (test)"),
 ]
 PARETO_X = [
-    ("l0/test", "L0: active latents per sample (test)"),
+    ("l0/test", "L0: non-zero codes per sample (test)"),
+    (
+        "l0_thresholded/test",
+        f"L0: codes above {L0_THRESHOLD:g} × the sample's largest |code| (test)",
+    ),
     ("l1/test", "L1: sum of |codes| per sample (test)"),
 ]
 
@@ -240,17 +245,23 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
     for (scenario, n, m, k), members in sorted(by_context.items(), key=lambda kv: str(kv[0])):
         if len({j.l1_coeff for j in members}) < 2:
             continue
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+        # Runs from before the thresholded L0 existed lack its column.
+        xs_shown = [x for x in PARETO_X if any(x[0] in j.evaluations[-1] for j in members)]
+        fig, axes = plt.subplots(
+            2, len(xs_shown), figsize=(5.8 * len(xs_shown), 8.5), squeeze=False,
+            constrained_layout=True,
+        )  # fmt: skip
+        labels: dict[Any, list[tuple[str, float, float, Any]]] = defaultdict(list)
         for label in order_labels({j.label for j in members}):
             points = []
             for l1 in sorted({j.l1_coeff for j in members if j.label == label}):
                 runs = [j for j in members if j.label == label and j.l1_coeff == l1]
                 stats = {}
-                for key, _ in PARETO_X + PARETO_Y:
+                for key, _ in xs_shown + PARETO_Y:
                     stats[key] = mean_std([v for j in runs for v in final_and_best(j, key)[0]])
                 points.append((l1, stats))
             for r, (ykey, yname) in enumerate(PARETO_Y):
-                for c, (xkey, xname) in enumerate(PARETO_X):
+                for c, (xkey, xname) in enumerate(xs_shown):
                     ax = axes[r][c]
                     xs = [p[1][xkey] for p in points]
                     ys = [p[1][ykey] for p in points]
@@ -258,15 +269,16 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
                                 xerr=[x[1] for x in xs], yerr=[y[1] for y in ys],
                                 color=palette[label], marker="o", ms=4, capsize=2,
                                 label=display(label))  # fmt: skip
-                    for (l1, _), x, y in zip(points, xs, ys, strict=True):
-                        if math.isfinite(x[0]) and math.isfinite(y[0]):
-                            ax.annotate(f"λ={l1:g}", (x[0], y[0]), fontsize=6, alpha=0.8,
-                                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+                    labels[ax] += [(f"{l1:g}", x[0], y[0], palette[label])
+                                   for (l1, _), x, y in zip(points, xs, ys, strict=True)
+                                   if math.isfinite(x[0]) and math.isfinite(y[0])]  # fmt: skip
                     ax.set_xlabel(xname)
                     ax.set_ylabel(yname)
                     ax.grid(alpha=0.3)
                     if ykey.startswith("loss"):
                         ax.set_yscale("log")
+        for ax, items in labels.items():
+            _label_lambdas(ax, items)
         axes[0][0].legend(fontsize=8, title="method")
         fig.suptitle(
             f"Sparsity trade-off, {scenario} scenario · N={n}, M={m}, K={k}\n"
@@ -274,6 +286,25 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
         )
         paths += save(fig, out, f"pareto_{scenario}_N{n}_M{m}_K{k}", tight=True)
     return paths
+
+
+def _label_lambdas(ax: plt.Axes, items: list[tuple[str, float, float, Any]]) -> None:
+    """One λ label per spot: points of a method closer than ~12 px share one label
+    (``λ=0.003, 0.01``), so coinciding points do not print their values over each other."""
+    ax.autoscale_view()
+    spots: list[tuple[np.ndarray, Any, float, float, list[str]]] = []
+    for text, x, y, colour in items:
+        where = ax.transData.transform((x, y))
+        near = next((s for s in spots if s[1] == colour and np.hypot(*(s[0] - where)) < 12), None)
+        if near is None:
+            spots.append((where, colour, x, y, [text]))
+        else:
+            near[4].append(text)
+    for _, colour, x, y, texts in spots:
+        ax.annotate(f"λ={', '.join(texts)}", (x, y), fontsize=8, color=colour, xytext=(5, 4),
+                    textcoords="offset points",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.8})  # fmt: skip
 
 
 # ---------------------------------------------------------------- gap per data condition

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
 
 from sparsegap.report.aggregate import (
     Setting,
@@ -228,38 +229,43 @@ KIND_MARKERS = {False: "o", True: "s"}
 KIND_NAMES = {False: "one-pass (amortised) encoder", True: "iterative inference"}
 
 
-LABEL_HEIGHT = 0.032  # axes fraction taken by one 7-point label line in a 5-inch-high panel
-CHAR_WIDTH = 0.0085  # axes fraction taken by one 7-point character in a 6-inch-wide panel
+LABEL_STEP = 0.008  # axes fraction a label moves down per try when it overlaps another
 
 
 def _label_points(ax: plt.Axes, names: list[str], xs: list[float], ys: list[float]) -> None:
     """Name every point just below-beside it (right of it, or left near the right edge), moving
-    labels down just enough not to overlap, with a thin leader line when a label had to move:
-    many one-pass encoders sit at the same FLOPs and similar MCC."""
+    labels down just enough not to overlap a label placed before (measured on the drawn
+    figure), with a thin leader line when a label had to move: many one-pass
+    encoders sit at the same FLOPs and similar MCC. Call once the figure's layout is final."""
+    renderer = ax.figure.canvas.get_renderer()
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    placed: list[tuple[float, float, float]] = []  # start, end, height of each label (axes frac.)
+    placed: list[Bbox] = []  # window extents (pixels) of the labels placed so far
     order = sorted(
         (i for i in range(len(names)) if xs[i] > 0 and math.isfinite(xs[i] * ys[i])),
         key=lambda i: -ys[i],
     )
     for i in order:
         fx = math.log(xs[i] / x0) / math.log(x1 / x0)
-        fy = (ys[i] - y0) / (y1 - y0) - LABEL_HEIGHT * 0.6  # clear of the front's horizontal
+        fy = (ys[i] - y0) / (y1 - y0) - 0.02  # clear of the front's horizontal
         left = fx > 0.7
-        width = CHAR_WIDTH * len(names[i])
-        start = fx - 0.02 - width if left else fx + 0.02
+        lx = fx + (-0.02 if left else 0.02)
+        label = ax.annotate(names[i], (xs[i], ys[i]), xytext=(lx, fy), textcoords="axes fraction",
+                            fontsize=7, va="center", ha="right" if left else "left")  # fmt: skip
         ly = fy
-        while any(
-            start < end and s < start + width and abs(h - ly) < LABEL_HEIGHT for s, end, h in placed
-        ):
-            ly -= LABEL_HEIGHT / 4
-        placed.append((start, start + width, ly))
-        moved = abs(ly - fy) > LABEL_HEIGHT / 2
-        ax.annotate(
-            names[i], (xs[i], ys[i]), xytext=(fx + (-0.02 if left else 0.02), ly),
-            textcoords="axes fraction", fontsize=7, va="center", ha="right" if left else "left",
-            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None,
-        )  # fmt: skip
+        for _ in range(200):
+            box = label.get_window_extent(renderer).expanded(1.04, 1.15)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            ly -= LABEL_STEP
+            label.set_position((lx, ly))
+        placed.append(label.get_window_extent(renderer))
+        if abs(ly - fy) > 0.015:  # moved: a leader line back to its point
+            label.remove()
+            ax.annotate(
+                names[i], (xs[i], ys[i]), xytext=(lx, ly), textcoords="axes fraction",
+                fontsize=7, va="center", ha="right" if left else "left",
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"},
+            )  # fmt: skip
 
 
 def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Path]:
@@ -274,6 +280,7 @@ def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Pa
     )  # fmt: skip
     cmap = plt.get_cmap("tab20")
     colour = {p.label: cmap(i % 20) for i, p in enumerate(points)}
+    labelled: list[tuple[plt.Axes, list[float], list[float]]] = []
     for row, (attr, axis) in enumerate(metrics):
         for col, (cost, xlabel, what) in enumerate(COSTS):
             ax = axes[row][col]
@@ -301,7 +308,7 @@ def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Pa
             )
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-            _label_points(ax, [p.name for p in points], xs, ys)
+            labelled.append((ax, xs, ys))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(axis)
             name = "latent MCC" if attr == "latent_mcc" else "dictionary MCC"
@@ -332,6 +339,11 @@ def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Pa
         f"one point per method: final value, mean ± 1 std over {'/'.join(map(str, replicas))} "
         "replicas"
     )
+    # Labels are placed by their drawn size: lay the figure out first, then keep it as it is.
+    fig.canvas.draw()
+    for ax, xs, ys in labelled:
+        _label_points(ax, [p.name for p in points], xs, ys)
+    fig.set_layout_engine("none")
     return save(fig, out, f"frontier_{setting_slug(setting)}")
 
 
