@@ -56,6 +56,7 @@ def evaluate(model: Model, step: int, train_flops: Flops, started: float, traine
         for name, value in model.losses(x, true, codes).named().items():
             record[f"{name}/{split}"] = value.tolist()
         record[f"l0/{split}"] = metrics.l0(codes).tolist()
+        record[f"l0_thresholded/{split}"] = metrics.l0_thresholded(codes).tolist()
         record[f"l1/{split}"] = metrics.l1(codes).tolist()
     record["dead_latents/test"] = metrics.dead_latents(codes_test).tolist()
     record.update(_state_metrics(encoder))

@@ -63,6 +63,19 @@ def l0(codes: Tensor) -> Tensor:
     return (codes != 0).sum(dim=1).double().mean(dim=1)
 
 
+# Relative size below which l0_thresholded does not count a code as active.
+L0_THRESHOLD = 1e-3
+
+
+def l0_thresholded(codes: Tensor, relative: float = L0_THRESHOLD) -> Tensor:
+    """Mean number of codes per sample above ``relative`` × that sample's largest |code|: (R,).
+    Iterative inference (sparse coding on log-codes) leaves tiny non-zero codes everywhere, so
+    its exact L0 is N whatever its sparsity; this count says how many codes matter."""
+    size = codes.abs()
+    largest = size.amax(dim=1, keepdim=True)
+    return ((size > relative * largest) & (size > 0)).sum(dim=1).double().mean(dim=1)
+
+
 def l1(codes: Tensor) -> Tensor:
     """Mean L1 norm of the codes per sample: (R,)."""
     return codes.abs().sum(dim=1).double().mean(dim=1)

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import statistics
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,15 @@ OUTPUTS = (
     "summary.json", "metrics.jsonl", "model.pt", "checkpoint", ".hydra", "wandb",
     ".summary.json.reserve",
 )  # fmt: skip
+# What W&B's summary keeps of a metric besides its last value: the best over training (a run's
+# MCC can peak before its last evaluation). Matched on the key's start; keys not listed keep
+# their last value only.
+SUMMARIES = {
+    "latent_mcc": "max,last",
+    "dictionary_mcc": "max,last",
+    "normalised_mse": "min,last",
+    "loss/": "min,last",
+}
 # Room kept on disk for the final summary, so a full disk can still record why the run failed.
 _SUMMARY_RESERVE_BYTES = 256 * 1024
 
@@ -255,6 +264,8 @@ class Tracker:
         name: str | None = None,
         resumed: bool = False,
         files: Mapping[str, str] | None = None,
+        job_type: str = "train",
+        tags: Sequence[str] = (),
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
@@ -263,6 +274,7 @@ class Tracker:
         self.best: dict[str, float] = {}
         self.wandb_info: dict[str, Any] | None = None
         self.wandb_run: Any = None
+        self._summarised: set[str] = set()  # keys with a W&B summary rule (SUMMARIES)
         self._metrics: _Lines | None = None
         self._reserve: int | None = None
         self._finished = False
@@ -287,7 +299,8 @@ class Tracker:
             self._lock.close()
             raise
         try:
-            self.wandb_run = self._start_wandb(logger, group, name) if logger else None
+            if logger:
+                self.wandb_run = self._start_wandb(logger, group, name, job_type, tags)
             if self.wandb_run is not None:
                 self.wandb_info = {
                     "id": self.wandb_run.id,
@@ -301,7 +314,14 @@ class Tracker:
             self.finish(error)  # the summary says why: it must not stay "running"
             raise
 
-    def _start_wandb(self, logger: dict[str, Any], group: str | None, name: str | None) -> Any:
+    def _start_wandb(
+        self,
+        logger: dict[str, Any],
+        group: str | None,
+        name: str | None,
+        job_type: str,
+        tags: Sequence[str],
+    ) -> Any:
         import wandb
 
         try:
@@ -310,7 +330,8 @@ class Tracker:
                 entity=logger.get("entity"),
                 group=logger.get("group") or group,
                 name=name,
-                tags=list(logger.get("tags") or []),
+                tags=list(dict.fromkeys([*tags, *(logger.get("tags") or [])])),
+                job_type=job_type,
                 mode=logger["mode"],
                 dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
                 config=self.config,
@@ -336,7 +357,32 @@ class Tracker:
         self._metrics.write(json.dumps(entry) + "\n")
         self._remember(entry)
         if self.wandb_run is not None:
-            self.wandb_run.log(self._wandb_row(entry))
+            row = self._wandb_row(entry)
+            self._define_summaries(row)
+            self.wandb_run.log(row)
+
+    def _define_summaries(self, row: Mapping[str, Any]) -> None:
+        """Give each new key its summary rule (SUMMARIES). W&B applies a summary rule only to a
+        metric defined by its full name (a glob's rule is ignored), hence one per key."""
+        for key in row:
+            if key.endswith("_std"):  # the spread across replicas has no best
+                continue
+            rule = next((r for start, r in SUMMARIES.items() if key.startswith(start)), None)
+            if rule is not None and key not in self._summarised:
+                self.wandb_run.define_metric(key, step_metric="step", summary=rule)
+                self._summarised.add(key)
+
+    def log_artifact(self, paths: Sequence[Path], kind: str = "model") -> None:
+        """The files ``paths`` as one W&B artifact of the run, ``<kind>-<run id>`` (offline runs
+        keep it for ``wandb sync``); nothing without a W&B run."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(f"{kind}-{self.wandb_run.id}", type=kind)
+        for path in paths:
+            artifact.add_file(str(path))
+        self.wandb_run.log_artifact(artifact)
 
     def _remember(self, entry: dict[str, Any]) -> None:
         self.last = entry
@@ -435,7 +481,8 @@ class Tracker:
                 try:
                     if self.last is not None:
                         for key, value in self._wandb_row(self.last).items():
-                            self.wandb_run.summary[key] = value
+                            if key not in self._summarised:  # W&B keeps {max|min, last}
+                                self.wandb_run.summary[key] = value
                     self.wandb_run.summary["status"] = status
                     self.wandb_run.finish(exit_code=0 if problem is None else 1)
                 except Exception as e:  # the files above are the record; W&B mirrors them

@@ -34,9 +34,12 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``python -m sparsegap ARGS`` in ``cwd`` (outputs land under it)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m sparsegap ARGS`` in ``cwd`` (outputs land under it), ``env`` added to the
+    environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "sparsegap", *args],
         cwd=cwd,

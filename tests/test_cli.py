@@ -20,7 +20,26 @@ def test_single_run_writes_metrics_summary_and_offline_wandb(tmp_path):
     run_dir = tmp_path / "run"
     assert [r["step"] for r in read_metrics(run_dir)] == [0, 20, 40]
     assert read_summary(run_dir)["status"] == "completed"
-    assert "latent_mcc/test" in result.stdout  # the final summary table
+    # stdout is a pipe here, as in a SLURM log: one labelled line per evaluation, as it happens
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(" · ")[0] for line in progress[:3]] == [
+        "step 0/40",
+        "step 20/40",
+        "step 40/40",
+    ]
+    logged = read_metrics(run_dir)
+    mcc = logged[1]["latent_mcc/test"]["mean"]
+    assert f"test latent MCC {mcc:.4g}" in progress[1] and "train loss " in progress[1]
+    # the final table: every value starts in the same column, FLOPs and best rows included
+    lines = result.stdout.splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("metric "))) :][:-1]
+    names = [line.split()[0] for line in table[1:]]
+    assert {"latent_mcc/test", "flops/total", "best"} <= set(names)
+    ends = {len(line) for line in table if not line.startswith(("metric", "flops", "best"))}
+    assert len(ends) == 1  # mean and std right-aligned
+    mean_end = table[0].index("mean") + len("mean")
+    for line in table[1:]:
+        assert line[mean_end - 1] != " " and line[mean_end : mean_end + 1] in ("", " "), line
 
 
 def test_multirun_one_folder_per_job_sharing_a_wandb_group(tmp_path):

@@ -36,7 +36,8 @@ def test_experiment_presets_compose_with_their_grid_group_and_folder(name):
     cfg = _compose([f"+experiment={name}"])
     scenario, encoders = EXPERIMENTS[name]
     assert cfg.scenario.name == scenario
-    assert cfg.logger.group == name
+    assert cfg.logger.group is None  # W&B groups by sweep folder; the preset is a tag
+    assert cfg.hydra.runtime.choices.experiment == name
     assert cfg.hydra.sweep.dir.endswith(f"-{name}")
     assert cfg.hydra.sweeper.params.encoder == encoders
     if name == "regimes":

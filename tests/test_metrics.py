@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 from sparsegap.config import DataConfig
 from sparsegap.data import make_synthetic
-from sparsegap.metrics import dead_latents, dictionary_mcc, l0, l1, latent_mcc
+from sparsegap.metrics import dead_latents, dictionary_mcc, l0, l0_thresholded, l1, latent_mcc
 
 TOL = 1e-6
 
@@ -233,6 +233,14 @@ def test_l0() -> None:
     np.testing.assert_allclose(l0(_hand_codes()).numpy(), [1.0, 0.0])
     codes = torch.tensor([[[1.0, 2.0], [3.0, 0.0]]])
     np.testing.assert_allclose(l0(codes).numpy(), [1.5])
+
+
+def test_thresholded_l0_ignores_codes_tiny_against_the_samples_largest() -> None:
+    # (R=1, L=3, B=2): sample 0 has codes 1, 5e-4, -2e-3 (threshold 1e-3); sample 1 has 0, 0, 0
+    codes = torch.tensor([[[1.0, 0.0], [5e-4, 0.0], [-2e-3, 0.0]]])
+    np.testing.assert_allclose(l0(codes).numpy(), [1.5])  # exact: 3 and 0
+    np.testing.assert_allclose(l0_thresholded(codes).numpy(), [1.0])  # 2 above 1e-3, and 0
+    np.testing.assert_allclose(l0_thresholded(_hand_codes()).numpy(), l0(_hand_codes()).numpy())
 
 
 def test_l1() -> None:

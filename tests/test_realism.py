@@ -31,7 +31,7 @@ def test_every_job_of_the_realism_preset_composes_and_validates():
         base = compose("config", overrides=["+experiment=realism"], return_hydra_config=True)
         params = {k: str(v).split(",") for k, v in base.hydra.sweeper.params.items()}
         assert params == GRID
-        assert base.hydra.sweep.dir.endswith("-realism") and base.logger.group == "realism"
+        assert base.hydra.sweep.dir.endswith("-realism") and base.logger.group is None
         jobs = list(itertools.product(*params.values()))
         assert len(jobs) == 64
         for values in jobs:

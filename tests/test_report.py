@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import run_cli
 
+from sparsegap.report import figures as report_figures
+from sparsegap.report.aggregate import above_bound
 from sparsegap.report.collect import Job, display, distinguish, label_of, load_jobs
-from sparsegap.report.figures import _axis_position, regime_heatmaps
+from sparsegap.report.figures import regime_heatmaps
 
 TINY = ["steps=20", "eval_every=10", "replicas=2", "logger=none", "device=cpu", "progress=false",
         "device.threads=1"]  # one thread: the tiny jobs run faster on a shared machine  # fmt: skip
@@ -48,10 +49,25 @@ def test_jobs_of_one_method_that_differ_in_another_key_are_told_apart_not_pooled
     assert [j.label for j in jobs[:2]] == ["sae", "sae"]
 
 
-def test_categorical_axis_positions_interpolate_and_extrapolate_in_log_space():
-    grid = [16, 32, 64]
-    assert np.allclose(_axis_position(np.array([16.0, 32.0, 64.0]), grid), [0, 1, 2])
-    assert np.allclose(_axis_position(np.array([8.0, 128.0, 16 * 2**0.5]), grid), [-1, 3, 0.5])
+def test_regime_cells_with_enough_measurements_are_outlined_not_crossed_by_a_curve(monkeypatch):
+    def job(n, m):
+        config = {"scenario": {"name": "unknown"}, "data": {"N": n, "M": m, "K": 2},
+                  "encoder": {"name": "sae"}, "l1_coeff": 0.01}  # fmt: skip
+        mcc = {"mean": 0.5, "std": 0.0, "replicas": [0.5]}
+        return Job(Path(f"{n}-{m}"), f"{n}-{m}", "completed", None, config, [], 1.0,
+                   [{"step": 10, "latent_mcc/test": mcc}])  # fmt: skip
+
+    figures = []
+    monkeypatch.setattr(
+        report_figures, "save", lambda fig, out, stem, tight=False: figures.append(fig)
+    )
+    regime_heatmaps([job(n, m) for n in (8, 16) for m in (4, 8)], Path("unused"))
+    (ax,) = figures[0].axes[:1]
+    assert not ax.lines  # no M = K·ln(N/K) curve across the categorical rows
+    outlined = {(round(r.get_x() + 0.5), round(r.get_y() + 0.5)) for r in ax.patches}
+    # (column N index, row M index): 2·ln(8/2) ≈ 2.8 ≤ 4, 8; 2·ln(16/2) ≈ 4.2 ≤ 8 only
+    assert outlined == {(0, 0), (0, 1), (1, 1)}
+    assert above_bound(8, 4, 2) and not above_bound(16, 4, 2)
 
 
 def _report(sweep, *args):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,9 +13,9 @@ from helpers import CONF, compose_config
 
 from sparsegap.__main__ import run
 from sparsegap.model import build
-from sparsegap.report.__main__ import make_report
-from sparsegap.report.aggregate import group
-from sparsegap.report.collect import load_jobs
+from sparsegap.report.__main__ import make_report, summary_table
+from sparsegap.report.aggregate import caveats, group, summary_rows
+from sparsegap.report.collect import Job, load_jobs
 from sparsegap.report.frontier import Point, gap_statement, pareto_front, points_of
 
 NAN = math.nan
@@ -124,3 +125,61 @@ def test_frontier_report_from_real_runs(frontier_runs):
         )
         row = re.search(rf"^\| {re.escape(p.name)} \|.*\|([^|]*)\|$", text, re.M)
         assert row is not None and (row.group(1).strip() == "✓") == (not dominated)
+
+
+def _job(encoder: str, steps: list[int], mccs: list[float], paper_steps: int = 40_000) -> Job:
+    """A completed job of ``encoder`` whose test latent MCC was ``mccs`` at ``steps``."""
+    config = {
+        "scenario": {"name": "unknown", "steps": paper_steps},
+        "data": {"N": 16, "M": 8, "K": 3},
+        "encoder": {"name": encoder},
+        "l1_coeff": 0.01,
+        "steps": steps[-1],
+    }
+    evaluations = [
+        {
+            "step": step,
+            "latent_mcc/test": {"mean": mcc, "std": 0.0, "replicas": [mcc, mcc]},
+            "flops/train_cumulative": 1e6 * step,
+            "flops/inference_test": 1e5 * (10 if encoder == "sparse_coding" else 1),
+        }
+        for step, mcc in zip(steps, mccs, strict=True)
+    ]
+    return Job(Path(encoder), encoder, "completed", None, config, [], 1.0, evaluations)
+
+
+def test_short_or_still_rising_runs_carry_a_caveat_beside_the_gap():
+    full = list(range(0, 40_001, 10_000))
+    flat = {"sae": [0.5, 0.60, 0.70, 0.70, 0.70], "sparse_coding": [0.5, 0.4, 0.8, 0.9, 0.9]}
+    jobs = [_job(encoder, full, mccs) for encoder, mccs in flat.items()]
+    assert [caveats([j]) for j in jobs] == [[], []]
+    text = gap_statement(points_of({j.label: [j] for j in jobs}))
+    assert "**+0.200 latent MCC**." in text and "provisional" not in text
+
+    # 500 of 40,000 steps, sparse coding still climbing out of its early dip
+    short = [_job("sae", [0, 250, 500], [0.5, 0.6, 0.6]),
+             _job("sparse_coding", [0, 250, 500], [0.3, 0.35, 0.55])]  # fmt: skip
+    assert caveats(short[:1]) == ["short run: 500 of the paper's 40,000 steps"]
+    assert caveats(short[1:]) == [
+        "short run: 500 of the paper's 40,000 steps",
+        "MCC still rising at the last evaluations",
+    ]
+    text = gap_statement(points_of({j.label: [j] for j in short}))
+    gap = "**-0.050 latent MCC** (provisional, not converged: SAE: short run: 500 of the paper's"
+    assert gap in text
+    assert (
+        "sparse coding (Adam): short run: 500 of the paper's 40,000 steps; MCC still rising" in text
+    )
+    # a full-length run that is still rising is flagged too
+    assert caveats([_job("sae", full, [0.5, 0.6, 0.7, 0.8, 0.9])]) == [
+        "MCC still rising at the last evaluations"
+    ]
+
+
+def test_the_summary_table_shows_the_caveat_beside_the_mcc():
+    short = _job("sae", [0, 250, 500], [0.5, 0.6, 0.6])
+    table = summary_table(summary_rows([short]))
+    header, _, row = table.splitlines()
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert cells["caveat"] == "short run: 500 of the paper's 40,000 steps"
+    assert cells["final test latent MCC"] == "0.600 ± 0.000"

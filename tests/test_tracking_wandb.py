@@ -1,108 +1,16 @@
-"""What the tracker sends to W&B, read back from the offline run's own file.
-
-An offline run writes every record (run, history rows, summary updates, exit) to
-``run-<id>.wandb``: W&B's LevelDB-style log of ``wandb.proto`` ``Record`` messages. wandb 0.31
-ships no Python reader for it (its reader lives in the Go core), so the few lines that undo the
-framing are below; the records themselves are parsed by wandb's own protobuf classes.
-"""
+"""What the tracker sends to W&B, read back from the offline run's own file (wandb_reader)."""
 
 from __future__ import annotations
 
 import json
-import struct
-import time
-import zlib
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import compose_config, read_metrics, read_summary
+from helpers import compose_config, read_metrics, read_summary, run_cli
+from wandb_reader import history, key_of, read_finished_run, records_of, run_file, summary, the_run
 
 from sparsegap.__main__ import run
 from sparsegap.tracking import Tracker
-
-# The log's framing: a 7-byte file header, then 32 KiB blocks of chunks, each with a 7-byte
-# header (CRC-32 of type and payload, payload length, type); a record too long for the rest of
-# its block is split into FIRST, MIDDLE… and LAST chunks.
-FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
-BLOCK, CHUNK_HEADER = 32768, 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def read_records(path: Path) -> list[Any]:
-    """Every record of an offline run file, in order, as ``wandb_internal_pb2.Record``."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data.startswith(FILE_HEADER), data[:7]
-    records, pending, pos = [], b"", len(FILE_HEADER)
-    while pos + CHUNK_HEADER <= len(data):
-        if BLOCK - pos % BLOCK < CHUNK_HEADER:  # the block's tail is padding
-            pos += BLOCK - pos % BLOCK
-            continue
-        checksum, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK_HEADER])
-        chunk = data[pos + CHUNK_HEADER : pos + CHUNK_HEADER + length]
-        pos += CHUNK_HEADER + length
-        if kind == 0 and length == 0:  # zero padding up to the block's end
-            pos += -pos % BLOCK
-            continue
-        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == checksum, f"corrupt at {pos}"
-        pending = chunk if kind in (FULL, FIRST) else pending + chunk
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
-def read_finished_run(path: Path, timeout: float = 60.0) -> list[Any]:
-    """The records of a finished run. W&B's core process writes the file behind the run's
-    ``finish``: wait for its exit record."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = read_records(path) if path.exists() else []
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            return records
-        assert time.monotonic() < deadline, f"no exit record in {path} after {timeout} s"
-        time.sleep(0.2)
-
-
-def _key(item: Any) -> str:
-    return item.key or ".".join(item.nested_key)
-
-
-def history(records: list[Any]) -> list[dict[str, Any]]:
-    """The logged rows (``run.log``), W&B's own keys (``_step``, ``_timestamp``…) left out."""
-    rows = []
-    for record in records:
-        if record.WhichOneof("record_type") == "history":
-            row = {_key(i): json.loads(i.value_json) for i in record.history.item}
-            rows.append({k: v for k, v in row.items() if not k.startswith("_")})
-    return rows
-
-
-def summary(records: list[Any]) -> dict[str, Any]:
-    """The run's final summary: every summary update applied in order."""
-    result: dict[str, Any] = {}
-    for record in records:
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                result[_key(item)] = json.loads(item.value_json)
-            for item in record.summary.remove:
-                result.pop(_key(item), None)
-    return result
-
-
-def the_run(records: list[Any]) -> Any:
-    return next(r.run for r in records if r.WhichOneof("record_type") == "run")
-
-
-def run_file(tracker: Tracker) -> Path:
-    """The offline run's file (next to its ``files`` folder)."""
-    info = tracker.wandb_info
-    assert info is not None and info["mode"] == "offline"
-    return Path(info["dir"]).parent / f"run-{info['id']}.wandb"
-
 
 LOGGER = {"project": "sparsegap-test", "mode": "offline", "tags": ["read-back"]}
 RECORDS = [
@@ -128,7 +36,7 @@ def test_the_tracker_logs_every_record_and_the_summary_to_wandb(tmp_path, wandb_
     run_record = the_run(records)
     assert (run_record.run_group, run_record.display_name) == ("g1", "n1")
     assert list(run_record.tags) == ["read-back"]
-    config = {_key(i): json.loads(i.value_json) for i in run_record.config.update}
+    config = {key_of(i): json.loads(i.value_json) for i in run_record.config.update}
     assert config["lr"] == 0.5
 
     rows = history(records)
@@ -147,7 +55,8 @@ def test_the_tracker_logs_every_record_and_the_summary_to_wandb(tmp_path, wandb_
     final = summary(records)
     assert final["status"] == "completed"
     for key, value in rows[-1].items():
-        assert final[key] == pytest.approx(value), key
+        kept = final[key]["last"] if key == "loss/total/train" else final[key]
+        assert kept == pytest.approx(value), key
     exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
     assert [e.exit_code for e in exits] == [0]
 
@@ -177,6 +86,56 @@ def test_a_training_run_mirrors_its_metrics_in_wandb(tmp_path, wandb_dir):
         assert row["flops/total"] == line["flops/total"]
     final = summary(records)
     assert final["status"] == "completed"
-    last = read_summary(tmp_path / "run")["final"]
-    assert final["latent_mcc/test"] == pytest.approx(last["latent_mcc/test"]["mean"])
+    written = read_summary(tmp_path / "run")
+    last = written["final"]
+    assert final["latent_mcc/test"]["last"] == pytest.approx(last["latent_mcc/test"]["mean"])
+    assert final["latent_mcc/test"]["max"] == pytest.approx(written["best"]["latent_mcc/test"])
     assert final["step"] == last["step"] == 20
+    run_record = the_run(records)
+    assert run_record.job_type == "train"
+    assert {"unknown", "sae", "quick"} <= set(run_record.tags)  # 20 of the paper's 40,000 steps
+    (artifact,) = records_of(records, "artifact")
+    assert artifact.type == "model"
+    assert [f.path for f in artifact.manifest.contents] == ["model.pt"]
+
+
+def test_wandb_keeps_the_best_and_the_last_value_of_mcc_and_losses(tmp_path, wandb_dir):
+    mcc, loss = [0.2, 0.9, 0.6], [3.0, 1.0, 2.0]
+    with Tracker(tmp_path / "run", {}, LOGGER, job_type="harvest", tags=["t1"]) as tracker:
+        for step, (m, l) in enumerate(zip(mcc, loss, strict=True)):
+            tracker.log({"step": step, "latent_mcc/test": [m], "normalised_mse/test": l,
+                         "loss/total/train": [l], "l0/test": [5.0 + step]})  # fmt: skip
+        (tmp_path / "model.pt").write_bytes(b"weights")
+        tracker.log_artifact([tmp_path / "model.pt"])
+    records = read_finished_run(run_file(tracker))
+    final = summary(records)
+    assert final["latent_mcc/test"] == {"max": 0.9, "last": 0.6}
+    assert final["normalised_mse/test"] == {"min": 1.0, "last": 2.0}
+    assert final["loss/total/train"] == {"min": 1.0, "last": 2.0}
+    assert final["l0/test"] == 7.0  # no best for a metric that is neither better high nor low
+    run_record = the_run(records)
+    assert run_record.job_type == "harvest"
+    assert list(run_record.tags) == ["t1", "read-back"]
+    (artifact,) = records_of(records, "artifact")
+    assert (artifact.name, artifact.type) == (f"model-{run_record.run_id}", "model")
+
+
+@pytest.mark.slow
+def test_a_preset_sweep_is_one_group_with_short_names_and_tags(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m", "+experiment=bias", "encoder=sae", "encoder.bias=false", "data.K=3,4", "steps=4",
+        "eval_every=2", "replicas=1", "data.train_samples=64", "data.test_samples=64", "device=cpu",
+        "logger=wandb", "logger.mode=offline", "logger.group=null", f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    result = run_cli(args, tmp_path, env={"WANDB_DIR": str(tmp_path / "wandb")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {}
+    for path in (tmp_path / "wandb").rglob("run-*.wandb"):
+        run_record = the_run(read_finished_run(path))
+        runs[run_record.display_name] = run_record
+    assert sorted(runs) == ["unknown-sae-data.K=3", "unknown-sae-data.K=4"]
+    for run_record in runs.values():
+        assert run_record.run_group == "sweep"  # the sweep folder: one group per invocation
+        assert run_record.job_type == "train"
+        assert {"unknown", "sae", "bias", "quick"} <= set(run_record.tags)  # bias: the preset

@@ -163,7 +163,7 @@ def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
     wandb_dir = tmp_path / "wandb-dir"
     wandb_dir.mkdir()
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
-    run(compose_config(["logger=wandb", "steps=20", "eval_every=10"]), tmp_path / "run", group="g1")
+    run(compose_config(["logger=wandb", "steps=20", "eval_every=10"]), tmp_path / "run")
     runs = list(wandb_dir.rglob("offline-run-*"))
     assert runs, list(wandb_dir.rglob("*"))
     assert list(runs[0].glob("*.wandb"))

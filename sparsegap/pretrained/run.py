@@ -148,8 +148,9 @@ def measure(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     logger = to_container(cfg.logger) if cfg.logger.name == "wandb" else None
     with Tracker(
-        run_dir, to_container(cfg), logger, name=f"pretrained-{sae.architecture}"
-    ) as tracker:
+        run_dir, to_container(cfg), logger, name=f"pretrained-{sae.architecture}",
+        job_type="pretrained", tags=["pretrained", sae.architecture],
+    ) as tracker:  # fmt: skip
         for step, point in enumerate(measured.points):
             values = {
                 "l0": point.l0,

@@ -43,14 +43,16 @@ def _num(value: float, fmt: str) -> str:
 def summary_table(rows: list[Row]) -> str:
     header = [
         "scenario", "N", "M", "K", "λ", "method", "jobs", "replicas", "final test latent MCC",
-        "best test latent MCC", "final dictionary MCC", "train FLOPs/model", "wall time (s)",
+        "best test latent MCC", "caveat", "final dictionary MCC", "train FLOPs/model",
+        "wall time (s)",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         scenario, n, m, k, l1 = r.setting
         cells = [
             scenario, n, m, k, fmt_l1(l1), r.label, r.jobs, r.replicas,
-            _pm(r.final), _pm(r.best), _pm(r.dictionary), _num(r.flops_train, ".3g"),
+            _pm(r.final), _pm(r.best), "; ".join(r.caveats) or "–", _pm(r.dictionary),
+            _num(r.flops_train, ".3g"),
             _num(r.wall_time_s, ".1f"),
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -120,7 +122,8 @@ def make_report(
         f"{len(jobs)} jobs, {len(used)} used in the table and figures"
         f"{'' if include_unfinished else ' (completed only)'}.\n"
         "Final = value at the last evaluation; best = maximum over evaluations (per replica); "
-        "mean ± std over replicas.\n\n"
+        "mean ± std over replicas. Caveat: the runs are much shorter than the paper's, or their "
+        "MCC was still rising at the end: those numbers are not converged.\n\n"
         f"{table}\n\n## Jobs that did not complete\n\n{problems}\n"
     )
     (out / "summary.md").write_text(text)

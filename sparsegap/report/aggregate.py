@@ -8,10 +8,11 @@ value at its last evaluation; *best* is its maximum over all evaluations (the pa
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,44 @@ def final_and_best(job: Job, key: str = "latent_mcc/test") -> tuple[list[float],
     with np.errstate(invalid="ignore"):
         best = [float(np.nanmax(col)) if np.isfinite(col).any() else math.nan for col in table.T]
     return [float(v) for v in table[-1]], best
+
+
+# A run of at most this fraction of its scenario's paper length is called short in the report.
+SHORT_FRACTION = 0.5
+# MCC that rose at each of the last RISING_EVALUATIONS evaluations, by more than RISING_BY in
+# all, is still rising.
+RISING_EVALUATIONS, RISING_BY = 3, 0.005
+
+
+def caveats(jobs: list[Job], key: str = "latent_mcc/test") -> list[str]:
+    """Why ``jobs``' final numbers may not be the converged ones, in words (none: they are):
+    runs much shorter than the scenario's paper length (sparse coding's MCC, for one, dips for
+    thousands of steps before it rises), and mean ``key`` still rising at the last evaluations.
+    Only for jobs with ground truth (``key`` logged); a language-model run has no paper length."""
+    scored = [j for j in jobs if j.evaluations and key in j.evaluations[-1]]
+    notes = []
+    short = []
+    for job in scored:
+        step, paper = job.evaluations[-1].get("step"), job.config.get("scenario", {}).get("steps")
+        if isinstance(step, int) and isinstance(paper, int) and step <= SHORT_FRACTION * paper:
+            short.append((step, paper))
+    if short:
+        step, paper = min(short)
+        notes.append(f"short run: {step:,} of the paper's {paper:,} steps")
+    for job in scored:
+        means = [e[key]["mean"] for e in job.evaluations if isinstance(e.get(key), dict)]
+        last = means[-RISING_EVALUATIONS:]
+        climbing = all(a < b for a, b in itertools.pairwise(last))
+        if len(last) == RISING_EVALUATIONS and climbing and last[-1] - last[0] > RISING_BY:
+            notes.append("MCC still rising at the last evaluations")
+            break
+    return notes
+
+
+def above_bound(n: Any, m: Any, k: Any) -> bool:
+    """Whether a regime has the measurements compressed sensing needs to recover K-sparse codes
+    of N sources: M ≥ K·ln(N/K)."""
+    return m >= k * math.log(n / k)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -148,6 +187,7 @@ class Row:
     dictionary: tuple[float, float]
     flops_train: float
     wall_time_s: float
+    caveats: list[str] = field(default_factory=list)  # see caveats()
 
 
 def summary_rows(jobs: list[Job]) -> list[Row]:
@@ -178,6 +218,7 @@ def summary_rows(jobs: list[Job]) -> list[Row]:
                     dictionary=mean_std(dicts),
                     flops_train=statistics.fmean(flops) if flops else math.nan,
                     wall_time_s=statistics.fmean(walls) if walls else math.nan,
+                    caveats=caveats(members),
                 )
             )
     return rows

@@ -4,8 +4,8 @@
   cumulative training FLOPs, one line per method with a mean ± std band over replicas (paper
   Figs. 2–4).
 - ``regimes_<final|best>``: when the jobs span several (N, M, K) regimes, the test latent MCC of
-  each method minus the SAE's over M × N, one panel per K, with the compressed-sensing bound
-  M = K·ln(N/K) drawn (paper Fig. 5).
+  each method minus the SAE's over M × N, one panel per K, the cells with M ≥ K·ln(N/K) (enough
+  measurements for compressed sensing) outlined (paper Fig. 5).
 - ``pareto_<scenario…>``: when jobs differ in ``l1_coeff``, test MSE and test latent MCC against
   L0 and L1 of the codes, one line per method through its λ values (paper Fig. 6).
 - ``gap_<metric>``: when jobs differ in data keys other than N, M, K (support law, correlation,
@@ -26,11 +26,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
+from sparsegap.metrics import L0_THRESHOLD
 from sparsegap.report.aggregate import (
     BASELINE,
     Setting,
+    above_bound,
     curve,
     final_and_best,
     group,
@@ -134,28 +137,6 @@ def _curve_figure(
 # ---------------------------------------------------------------- regimes heatmaps (Fig. 5)
 
 
-def _axis_position(values: np.ndarray, grid: list[float]) -> np.ndarray:
-    """Fractional index of ``values`` on a categorical axis whose ticks are ``grid`` (log scale),
-    linearly extrapolated beyond the ends."""
-    logs = np.log(np.asarray(grid, dtype=float))
-    v = np.log(values)
-    if len(grid) == 1:
-        return (v - logs[0]) / math.log(2)
-    pos = np.interp(v, logs, np.arange(len(grid)))
-    low, high = v < logs[0], v > logs[-1]
-    pos[low] = (v[low] - logs[0]) / (logs[1] - logs[0])
-    pos[high] = len(grid) - 1 + (v[high] - logs[-1]) / (logs[-1] - logs[-2])
-    return pos
-
-
-def _bound_range(ns: list[Any], k: int) -> np.ndarray:
-    """N values spanning the heatmap's whole width (cell edges included) where N > K."""
-    ratio = ns[1] / ns[0] if len(ns) > 1 else 2.0
-    end_ratio = ns[-1] / ns[-2] if len(ns) > 1 else 2.0
-    low, high = max(ns[0] / ratio**0.5, k * 1.0001), ns[-1] * end_ratio**0.5
-    return np.geomspace(low, high, 200) if high > low else np.array([])
-
-
 def regime_values(jobs: list[Job], metric: str) -> dict[tuple[str, Any, Any, Any], float]:
     """(label, N, M, K) → mean over replicas of the final or best test latent MCC."""
     pooled: dict[tuple[str, Any, Any, Any], list[float]] = defaultdict(list)
@@ -213,12 +194,13 @@ def regime_heatmaps(
                     dark = not np.isnan(v) and (v < 0.5 if absolute else abs(v) > 0.6 * span)
                     ax.text(j, i, text, ha="center", va="center", fontsize=8,
                             color="white" if dark else "black")  # fmt: skip
-            n_fine = _bound_range(ns, k)
-            if len(n_fine):
-                bound = k * np.log(n_fine / k)
-                ok = bound > 0
-                ax.plot(_axis_position(n_fine[ok], ns), _axis_position(bound[ok], ms),
-                        color="black", ls="--", lw=1.5, label="M = K·ln(N/K)")  # fmt: skip
+            # The axes are categorical (one cell per swept value), so the bound is shown per
+            # cell, not as a curve whose position between rows would mean nothing.
+            for i, m in enumerate(ms):
+                for j, n in enumerate(ns):
+                    if n > k and above_bound(n, m, k):
+                        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                               edgecolor="black", lw=2.0))  # fmt: skip
             ax.set_xlim(-0.5, len(ns) - 0.5)
             ax.set_ylim(-0.5, len(ms) - 0.5)
             ax.set_xticks(range(len(ns)), [str(n) for n in ns])
@@ -228,14 +210,13 @@ def regime_heatmaps(
             name = display(label)
             title = f"{name}: MCC" if absolute else f"{name} − SAE"
             ax.set_title(f"{title} · K={k} active", fontsize=10)
-            if r == 0 and c == 0 and len(n_fine):
-                ax.legend(loc="lower right", fontsize=7)
         bar = fig.colorbar(image, ax=list(axes[r]), shrink=0.9)
         bar.set_label("test latent MCC" if absolute else "Δ test latent MCC\n(method − SAE)")
     fig.suptitle(
         f"Test latent MCC, {what}, over regimes (N, M, K), one panel per K\n"
         f"{'top: the SAE; below: each method minus the SAE (blue = better)' if relative else ''}"
-        "\ndashed: compressed-sensing bound M = K·ln(N/K) · grey: not run or failed"
+        "\noutlined: M ≥ K·ln(N/K), enough measurements for compressed sensing"
+        " · grey: not run or failed"
     )
     return save(fig, out, stem or f"regimes_{metric}", tight=True)
 
@@ -247,7 +228,11 @@ PARETO_Y = [
     ("latent_mcc/test", "latent MCC (test)"),
 ]
 PARETO_X = [
-    ("l0/test", "L0: active latents per sample (test)"),
+    ("l0/test", "L0: non-zero codes per sample (test)"),
+    (
+        "l0_thresholded/test",
+        f"L0: codes above {L0_THRESHOLD:g} × the sample's largest |code| (test)",
+    ),
     ("l1/test", "L1: sum of |codes| per sample (test)"),
 ]
 
@@ -260,17 +245,23 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
     for (scenario, n, m, k), members in sorted(by_context.items(), key=lambda kv: str(kv[0])):
         if len({j.l1_coeff for j in members}) < 2:
             continue
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+        # Runs from before the thresholded L0 existed lack its column.
+        xs_shown = [x for x in PARETO_X if any(x[0] in j.evaluations[-1] for j in members)]
+        fig, axes = plt.subplots(
+            2, len(xs_shown), figsize=(5.8 * len(xs_shown), 8.5), squeeze=False,
+            constrained_layout=True,
+        )  # fmt: skip
+        labels: dict[Any, list[tuple[str, float, float, Any]]] = defaultdict(list)
         for label in order_labels({j.label for j in members}):
             points = []
             for l1 in sorted({j.l1_coeff for j in members if j.label == label}):
                 runs = [j for j in members if j.label == label and j.l1_coeff == l1]
                 stats = {}
-                for key, _ in PARETO_X + PARETO_Y:
+                for key, _ in xs_shown + PARETO_Y:
                     stats[key] = mean_std([v for j in runs for v in final_and_best(j, key)[0]])
                 points.append((l1, stats))
             for r, (ykey, yname) in enumerate(PARETO_Y):
-                for c, (xkey, xname) in enumerate(PARETO_X):
+                for c, (xkey, xname) in enumerate(xs_shown):
                     ax = axes[r][c]
                     xs = [p[1][xkey] for p in points]
                     ys = [p[1][ykey] for p in points]
@@ -278,15 +269,16 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
                                 xerr=[x[1] for x in xs], yerr=[y[1] for y in ys],
                                 color=palette[label], marker="o", ms=4, capsize=2,
                                 label=display(label))  # fmt: skip
-                    for (l1, _), x, y in zip(points, xs, ys, strict=True):
-                        if math.isfinite(x[0]) and math.isfinite(y[0]):
-                            ax.annotate(f"λ={l1:g}", (x[0], y[0]), fontsize=6, alpha=0.8,
-                                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+                    labels[ax] += [(f"{l1:g}", x[0], y[0], palette[label])
+                                   for (l1, _), x, y in zip(points, xs, ys, strict=True)
+                                   if math.isfinite(x[0]) and math.isfinite(y[0])]  # fmt: skip
                     ax.set_xlabel(xname)
                     ax.set_ylabel(yname)
                     ax.grid(alpha=0.3)
                     if ykey.startswith("loss"):
                         ax.set_yscale("log")
+        for ax, items in labels.items():
+            _label_lambdas(ax, items)
         axes[0][0].legend(fontsize=8, title="method")
         fig.suptitle(
             f"Sparsity trade-off, {scenario} scenario · N={n}, M={m}, K={k}\n"
@@ -294,6 +286,25 @@ def pareto_figures(jobs: list[Job], out: Path, palette: dict[str, Any]) -> list[
         )
         paths += save(fig, out, f"pareto_{scenario}_N{n}_M{m}_K{k}", tight=True)
     return paths
+
+
+def _label_lambdas(ax: plt.Axes, items: list[tuple[str, float, float, Any]]) -> None:
+    """One λ label per spot: points of a method closer than ~12 px share one label
+    (``λ=0.003, 0.01``), so coinciding points do not print their values over each other."""
+    ax.autoscale_view()
+    spots: list[tuple[np.ndarray, Any, float, float, list[str]]] = []
+    for text, x, y, colour in items:
+        where = ax.transData.transform((x, y))
+        near = next((s for s in spots if s[1] == colour and np.hypot(*(s[0] - where)) < 12), None)
+        if near is None:
+            spots.append((where, colour, x, y, [text]))
+        else:
+            near[4].append(text)
+    for _, colour, x, y, texts in spots:
+        ax.annotate(f"λ={', '.join(texts)}", (x, y), fontsize=8, color=colour, xytext=(5, 4),
+                    textcoords="offset points",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.8})  # fmt: skip
 
 
 # ---------------------------------------------------------------- gap per data condition

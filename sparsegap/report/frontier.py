@@ -29,9 +29,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
 
 from sparsegap.report.aggregate import (
     Setting,
+    caveats,
     final_and_best,
     group,
     mean_std,
@@ -60,6 +62,7 @@ class Point:
     flops_train: float  # cumulative training FLOPs per model
     flops_inference: float  # one inference pass over the test set, per model
     wall_time_s: float  # whole job (all replicas and evaluations), mean over jobs
+    caveats: tuple[str, ...] = ()  # why its numbers may not be converged (aggregate.caveats)
 
     @property
     def flops_total(self) -> float:
@@ -103,6 +106,7 @@ def points_of(by_label: dict[str, list[Job]]) -> list[Point]:
                 flops_train=_last(members, "flops/train_cumulative"),
                 flops_inference=_last(members, "flops/inference_test"),
                 wall_time_s=statistics.fmean(walls) if walls else math.nan,
+                caveats=tuple(caveats(members)),
             )
         )
     return sorted(points, key=lambda p: (p.iterative, p.flops_total))
@@ -151,7 +155,7 @@ def gap_statement(points: list[Point]) -> str:
         f"{_pm(a.latent_mcc)} at {a.flops_total:.3g} FLOPs per model (training + test "
         f"inference); the best iterative method, {b.name}, reaches {_pm(b.latent_mcc)} at "
         f"{b.flops_total:.3g} FLOPs ({_fmt(ratio, '.3g')}× the compute): a gap of "
-        f"**{b.latent_mcc[0] - a.latent_mcc[0]:+.3f} latent MCC**."
+        f"**{b.latent_mcc[0] - a.latent_mcc[0]:+.3f} latent MCC**{_provisional(a, b)}."
     ]
     with_dict = [p for p in scored if math.isfinite(p.dictionary_mcc[0])]
     da = max(
@@ -186,11 +190,17 @@ def gap_statement(points: list[Point]) -> str:
     return " ".join(lines)
 
 
+def _provisional(a: Point, b: Point) -> str:
+    """`` (provisional, …)`` naming the caveats of the two points a gap compares, or nothing."""
+    notes = [f"{p.name}: {'; '.join(p.caveats)}" for p in (a, b) if p.caveats]
+    return f" (provisional, not converged: {' · '.join(notes)})" if notes else ""
+
+
 def frontier_table(points: list[Point]) -> str:
     """Markdown table, one row per method; ✓ marks the Pareto front of latent MCC vs FLOPs."""
     front = set(pareto_front([p.flops_total for p in points], [p.latent_mcc[0] for p in points]))
     header = [
-        "method", "kind", "steps", "replicas", "test latent MCC", "dictionary MCC",
+        "method", "kind", "steps", "replicas", "test latent MCC", "caveat", "dictionary MCC",
         "training FLOPs", "inference FLOPs (test set)", "total FLOPs", "wall time (s)",
         "Pareto (latent MCC vs FLOPs)",
     ]  # fmt: skip
@@ -199,7 +209,8 @@ def frontier_table(points: list[Point]) -> str:
         cells = [
             p.name, "iterative" if p.iterative else "one-pass",
             "–" if p.steps is None else f"{p.steps:,}", p.replicas, _pm(p.latent_mcc),
-            _pm(p.dictionary_mcc), _fmt(p.flops_train, ".3g"), _fmt(p.flops_inference, ".3g"),
+            "; ".join(p.caveats) or "–", _pm(p.dictionary_mcc), _fmt(p.flops_train, ".3g"),
+            _fmt(p.flops_inference, ".3g"),
             _fmt(p.flops_total, ".3g"), _fmt(p.wall_time_s, ".1f"), "✓" if i in front else "",
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -218,38 +229,43 @@ KIND_MARKERS = {False: "o", True: "s"}
 KIND_NAMES = {False: "one-pass (amortised) encoder", True: "iterative inference"}
 
 
-LABEL_HEIGHT = 0.032  # axes fraction taken by one 7-point label line in a 5-inch-high panel
-CHAR_WIDTH = 0.0085  # axes fraction taken by one 7-point character in a 6-inch-wide panel
+LABEL_STEP = 0.008  # axes fraction a label moves down per try when it overlaps another
 
 
 def _label_points(ax: plt.Axes, names: list[str], xs: list[float], ys: list[float]) -> None:
     """Name every point just below-beside it (right of it, or left near the right edge), moving
-    labels down just enough not to overlap, with a thin leader line when a label had to move:
-    many one-pass encoders sit at the same FLOPs and similar MCC."""
+    labels down just enough not to overlap a label placed before (measured on the drawn
+    figure), with a thin leader line when a label had to move: many one-pass
+    encoders sit at the same FLOPs and similar MCC. Call once the figure's layout is final."""
+    renderer = ax.figure.canvas.get_renderer()
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    placed: list[tuple[float, float, float]] = []  # start, end, height of each label (axes frac.)
+    placed: list[Bbox] = []  # window extents (pixels) of the labels placed so far
     order = sorted(
         (i for i in range(len(names)) if xs[i] > 0 and math.isfinite(xs[i] * ys[i])),
         key=lambda i: -ys[i],
     )
     for i in order:
         fx = math.log(xs[i] / x0) / math.log(x1 / x0)
-        fy = (ys[i] - y0) / (y1 - y0) - LABEL_HEIGHT * 0.6  # clear of the front's horizontal
+        fy = (ys[i] - y0) / (y1 - y0) - 0.02  # clear of the front's horizontal
         left = fx > 0.7
-        width = CHAR_WIDTH * len(names[i])
-        start = fx - 0.02 - width if left else fx + 0.02
+        lx = fx + (-0.02 if left else 0.02)
+        label = ax.annotate(names[i], (xs[i], ys[i]), xytext=(lx, fy), textcoords="axes fraction",
+                            fontsize=7, va="center", ha="right" if left else "left")  # fmt: skip
         ly = fy
-        while any(
-            start < end and s < start + width and abs(h - ly) < LABEL_HEIGHT for s, end, h in placed
-        ):
-            ly -= LABEL_HEIGHT / 4
-        placed.append((start, start + width, ly))
-        moved = abs(ly - fy) > LABEL_HEIGHT / 2
-        ax.annotate(
-            names[i], (xs[i], ys[i]), xytext=(fx + (-0.02 if left else 0.02), ly),
-            textcoords="axes fraction", fontsize=7, va="center", ha="right" if left else "left",
-            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None,
-        )  # fmt: skip
+        for _ in range(200):
+            box = label.get_window_extent(renderer).expanded(1.04, 1.15)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            ly -= LABEL_STEP
+            label.set_position((lx, ly))
+        placed.append(label.get_window_extent(renderer))
+        if abs(ly - fy) > 0.015:  # moved: a leader line back to its point
+            label.remove()
+            ax.annotate(
+                names[i], (xs[i], ys[i]), xytext=(lx, ly), textcoords="axes fraction",
+                fontsize=7, va="center", ha="right" if left else "left",
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"},
+            )  # fmt: skip
 
 
 def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Path]:
@@ -264,6 +280,7 @@ def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Pa
     )  # fmt: skip
     cmap = plt.get_cmap("tab20")
     colour = {p.label: cmap(i % 20) for i, p in enumerate(points)}
+    labelled: list[tuple[plt.Axes, list[float], list[float]]] = []
     for row, (attr, axis) in enumerate(metrics):
         for col, (cost, xlabel, what) in enumerate(COSTS):
             ax = axes[row][col]
@@ -291,7 +308,7 @@ def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Pa
             )
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-            _label_points(ax, [p.name for p in points], xs, ys)
+            labelled.append((ax, xs, ys))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(axis)
             name = "latent MCC" if attr == "latent_mcc" else "dictionary MCC"
@@ -322,6 +339,11 @@ def frontier_figure(setting: Setting, points: list[Point], out: Path) -> list[Pa
         f"one point per method: final value, mean ± 1 std over {'/'.join(map(str, replicas))} "
         "replicas"
     )
+    # Labels are placed by their drawn size: lay the figure out first, then keep it as it is.
+    fig.canvas.draw()
+    for ax, xs, ys in labelled:
+        _label_points(ax, [p.name for p in points], xs, ys)
+    fig.set_layout_engine("none")
     return save(fig, out, f"frontier_{setting_slug(setting)}")
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsegap.report.aggregate import final_and_best, mean_std, order_labels
+from sparsegap.report.aggregate import above_bound, final_and_best, mean_std, order_labels
 from sparsegap.report.collect import Job, label_of, load_jobs
 
 # Every run: a joblib multirun, two jobs at a time, one torch thread each (a 2-core machine).
@@ -397,7 +397,7 @@ def regimes(jobs: list[Job]) -> Finding:
     for (label, n, m, k), v in values.items():
         base = values.get(("sae", n, m, k))
         if label != "sae" and base is not None:
-            diffs[label].append((m >= k * math.log(n / k), v - base, m, n))
+            diffs[label].append((above_bound(n, m, k), v - base, m, n))
     for label in order_labels(diffs):
         d = diffs[label]
         above = [x for ok, x, _, _ in d if ok]
