@@ -172,13 +172,17 @@ def _schemas() -> list[type]:
     return found
 
 
+def _numeric(hint: object) -> bool:
+    """Whether a field's type is int or float (optional or not; bool is not)."""
+    return bool((set(typing.get_args(hint)) or {hint}) & {int, float})
+
+
 def test_every_numeric_field_of_every_schema_states_its_range():
     undeclared = []
     for schema in _schemas():
         hints = typing.get_type_hints(schema)
         for spec in dataclasses.fields(schema):
-            kinds = set(typing.get_args(hints[spec.name])) or {hints[spec.name]}
-            if kinds & {int, float} and "range" not in spec.metadata:
+            if _numeric(hints[spec.name]) and "range" not in spec.metadata:
                 undeclared.append(f"{schema.__name__}.{spec.name}")
     assert not undeclared, f"numeric fields without ranged(...): {undeclared}"
     assert config.InferenceConfig in _schemas()
@@ -226,3 +230,48 @@ def test_the_cli_gives_one_error_line_exit_2_and_writes_nothing(tmp_path, args, 
     assert len(lines) == 1 and lines[0].startswith(line), result.stderr
     assert "sae_schema" not in lines[0].partition("allowed values are")[2]
     assert not list(tmp_path.iterdir()), "an invalid config left files behind"
+
+
+# python -m sparsegap.autointerp: the same rule on its own schemas.
+AUTOINTERP_BAD = [
+    (["examples.mark_fraction=nan"], "examples.mark_fraction=nan", "between 0 and 1 (a finite"),
+    (["llm.timeout_s=inf"], "llm.timeout_s=inf", "must be positive (a finite number)"),
+    (["llm.temperature=-inf"], "llm.temperature=-inf", ">= 0 (a finite number)"),
+    (["explainer=ngram", "explainer.min_log_odds=nan"], "explainer.min_log_odds=nan", "finite"),
+    (["explainer=ngram", "explainer.coverage=0"], "explainer.coverage=0.0", "in (0, 1]"),
+    (["seed=-1"], "seed=-1", "must be between 0 and 2147483647"),
+    (["features=0"], "features=0", "must be at least 1"),
+    (["+llm.foo=1"], "llm.foo=1", "llm has no key 'foo'; its keys are api_key,"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "start", "allowed"), AUTOINTERP_BAD, ids=str)
+def test_autointerp_bad_values_are_one_line_too(overrides, start, allowed):
+    from autointerp_helpers import compose_cfg
+
+    from sparsegap.autointerp import config as autointerp
+
+    autointerp.validate(compose_cfg([]))  # the base is valid
+    with pytest.raises(ConfigError) as info:
+        autointerp.validate(compose_cfg(overrides))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{start} is invalid: "), message
+    assert allowed in message, message
+
+
+def test_every_numeric_field_of_the_autointerp_schemas_states_its_range():
+    from sparsegap.autointerp import config as autointerp
+
+    schemas = [
+        value
+        for value in vars(autointerp).values()
+        if dataclasses.is_dataclass(value) and value.__module__ == autointerp.__name__
+    ]
+    assert len(schemas) >= 5
+    undeclared = [
+        f"{schema.__name__}.{spec.name}"
+        for schema in schemas
+        for spec in dataclasses.fields(schema)
+        if _numeric(typing.get_type_hints(schema)[spec.name]) and "range" not in spec.metadata
+    ]
+    assert not undeclared, undeclared
