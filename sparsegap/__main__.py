@@ -198,27 +198,28 @@ def main() -> None:
 
         print(render())
         return
-    multirun = any(arg in ("-m", "--multirun") for arg in args)
+    multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in args)
     overrides = [arg for arg in args if arg not in ("-m", "--multirun")]
     # Only plain overrides: Hydra's other flags (--cfg, --info, -cn, ...) change what is composed
     # or printed, and are left to Hydra.
     if not any(arg.startswith("-") for arg in overrides):
         try:
-            problems = sweep_problems(overrides) if multirun else check_before_hydra(overrides)
+            problems = sweep_problems(overrides) if multirun else []
+            if not multirun:
+                check_before_hydra(overrides)
         except ConfigError as error:
             problems = [str(error)]
-        for problem in problems or ():
+        for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
             sys.exit(2)
     _hydra_main()
 
 
-def check_before_hydra(overrides: list[str]) -> list[str]:
+def check_before_hydra(overrides: list[str]) -> None:
     """Compose ``overrides`` as Hydra will and validate the result (all but reaching ``data=lm``'s
     sources, which the run checks), raising ``ConfigError`` with one line for what Hydra itself
-    rejects too: a value of the wrong type, a key or group option that does not exist. Returns
-    no problem (the shape of ``sweep_problems``)."""
+    rejects too: a value of the wrong type, a key or group option that does not exist."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -232,7 +233,6 @@ def check_before_hydra(overrides: list[str]) -> list[str]:
         raise composition_error(error, overrides) from error
     require_extras(cfg)
     validate(cfg, reach_sources=False)
-    return []
 
 
 def sweep_problems(overrides: list[str]) -> list[str]:

@@ -10,6 +10,9 @@ declared). Each encoder's and inference algorithm's own value checks live with t
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +34,13 @@ from sparsegap.config import (
     MAGNITUDES,
     MODEL_DTYPES,
     SUPPORTS,
+    CacheConfig,
+    Config,
+    DataConfig,
+    DeviceConfig,
+    LMDataConfig,
+    LoggerConfig,
+    ScenarioConfig,
     is_lm,
     latents_of,
     range_of,
@@ -41,27 +51,42 @@ from sparsegap.registry import encoders_for
 from sparsegap.scenarios import SCENARIOS
 
 
-def check_schema(node: DictConfig, prefix: str = "") -> None:
-    """Hold ``node`` and the nodes under it to their schemas (the dataclass each was composed
-    from): a key the schema lacks (``+data.foo=1``) and a number outside its field's declared
-    range (``config.ranged``; NaN and ±inf included) are errors. A config composed without
-    schemas (loaded back from a run's YAML) is not checked here."""
-    schema = OmegaConf.get_type(node)
+def check_schema(node: DictConfig, prefix: str = "", schema: Any = None) -> None:
+    """Hold ``node`` and the nodes under it to their schemas: a key the schema lacks
+    (``+data.foo=1``) and a number outside its field's declared range (``config.ranged``; NaN
+    and ±inf included) are errors. A node's schema is the dataclass it was composed from; a
+    config loaded back from a run's YAML has no types, so there it is ``schema`` (``validate``
+    passes ``Config``), the type a field declares, or for a group the selected option's."""
+    typed = OmegaConf.get_type(node)
+    schema = typed if dataclasses.is_dataclass(typed) else schema
     if not dataclasses.is_dataclass(schema):
         return
     fields = {spec.name: spec for spec in dataclasses.fields(schema)}
     for key in node:
         if key not in fields:
             raise unknown_key(f"{prefix}{key}", node[key], sorted(fields))
+    declared = typing.get_type_hints(schema)
     for name, spec in fields.items():
-        if OmegaConf.is_missing(node, name):
+        if name not in node or OmegaConf.is_missing(node, name):
             continue
         value = node[name]
         if isinstance(value, DictConfig):
-            check_schema(value, f"{prefix}{name}.")
+            option = _GROUPS.get(name) if schema is Config else None
+            check_schema(value, f"{prefix}{name}.", option(value) if option else declared[name])
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             problem = range_of(spec).problem(value, node, prefix)
             need(problem is None, f"{prefix}{name}", value, problem or "")
+
+
+# The schema of each group's selected option, from the option's own fields (for untyped configs).
+_GROUPS: dict[str, Callable[[DictConfig], Any]] = {
+    "data": lambda node: LMDataConfig if node.get("source") == "lm" else DataConfig,
+    "encoder": lambda node: getattr(ENCODERS.get(node.get("name")), "config", None),
+    "scenario": lambda node: ScenarioConfig,
+    "device": lambda node: DeviceConfig,
+    "logger": lambda node: LoggerConfig,
+    "cache": lambda node: CacheConfig,
+}
 
 
 def unknown_key(key: str, value: object, allowed: list[str]) -> ConfigError:
@@ -154,7 +179,7 @@ def validate(cfg: DictConfig, reach_sources: bool = True) -> None:
     """Check everything Hydra's type checks cannot, before any data is generated;
     ``reach_sources=False`` leaves out whether ``data=lm``'s model, text or cache can be reached
     (the one check that may wait on the network)."""
-    check_schema(cfg)
+    check_schema(cfg, schema=Config)
     d = cfg.data
     choice("data.source", d.source, DATA_SOURCES)
     lm = is_lm(cfg)
