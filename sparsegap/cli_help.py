@@ -110,8 +110,21 @@ def fields(cls: type, prefix: str, skip: frozenset[str] = frozenset()) -> list[s
         if dataclasses.is_dataclass(default):
             out += fields(type(default), f"{key}.")
             continue
-        out += _entry(f"{key} = {default}", comments.get(f.name, ""))
+        out += _entry(f"{key} = {default}", _with_range(comments.get(f.name, ""), f))
     return out
+
+
+def _with_range(comment: str, f: dataclasses.Field) -> str:
+    """The comment followed by the field's declared range (``config.ranged``), e.g. ``[>= 1]``."""
+    bounds = f.metadata.get("range")
+    if bounds is None:
+        return comment
+    below = (">=", bounds.ge) if bounds.ge is not None else (">", bounds.gt)
+    above = ("<=", bounds.le) if bounds.le is not None else ("<", bounds.lt)
+    parts = [f"{sign} {value}" for sign, value in (below, above) if value is not None]
+    if not parts:
+        return comment
+    return f"{comment} [{', '.join(parts)}]".strip()
 
 
 def _entry(head: str, text: str, indent: int = 2) -> list[str]:

@@ -1,14 +1,21 @@
 """The checks a type cannot express, across fields and groups, run before anything is built.
 
-Schemas are in ``sparsegap/config.py``; each encoder's and inference algorithm's own value checks
-live with the method (``Encoder.check``, ``Inference.check``) and are reached through the
-registry. Every failure is a ``ConfigError`` naming the key, the value and what is allowed.
+Schemas are in ``sparsegap/config.py``; ``check_schema`` holds the composed config to them as a
+whole (no key outside a schema, every number in its declared range, NaN and ±inf only where
+declared). Each encoder's and inference algorithm's own value checks live with the method
+(``Encoder.check``, ``Inference.check``) and are reached through the registry. Every failure is a
+``ConfigError`` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sparsegap.config import (
     AUTOCASTS,
@@ -27,13 +34,69 @@ from sparsegap.config import (
     MAGNITUDES,
     MODEL_DTYPES,
     SUPPORTS,
+    CacheConfig,
+    Config,
+    DataConfig,
+    DeviceConfig,
+    LMDataConfig,
+    LoggerConfig,
+    ScenarioConfig,
     is_lm,
     latents_of,
+    range_of,
 )
 from sparsegap.encoders import ENCODERS
 from sparsegap.errors import ConfigError, choice, need
 from sparsegap.registry import encoders_for
 from sparsegap.scenarios import SCENARIOS
+
+
+def check_schema(node: DictConfig, prefix: str = "", schema: Any = None) -> None:
+    """Hold ``node`` and the nodes under it to their schemas: a key the schema lacks
+    (``+data.foo=1``) and a number outside its field's declared range (``config.ranged``; NaN
+    and ±inf included) are errors. A node's schema is the dataclass it was composed from; a
+    config loaded back from a run's YAML has no types, so there it is ``schema`` (``validate``
+    passes ``Config``), the type a field declares, or for a group the selected option's."""
+    typed = OmegaConf.get_type(node)
+    schema = typed if dataclasses.is_dataclass(typed) else schema
+    if not dataclasses.is_dataclass(schema):
+        return
+    fields = {spec.name: spec for spec in dataclasses.fields(schema)}
+    for key in node:
+        if key not in fields:
+            raise unknown_key(f"{prefix}{key}", node[key], sorted(fields))
+    declared = typing.get_type_hints(schema)
+    for name, spec in fields.items():
+        if name not in node or OmegaConf.is_missing(node, name):
+            continue
+        value = node[name]
+        if isinstance(value, DictConfig):
+            option = _GROUPS.get(name) if schema is Config else None
+            check_schema(value, f"{prefix}{name}.", option(value) if option else declared[name])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = range_of(spec).problem(value, node, prefix)
+            need(problem is None, f"{prefix}{name}", value, problem or "")
+
+
+# The schema of each group's selected option, from the option's own fields (for untyped configs).
+_GROUPS: dict[str, Callable[[DictConfig], Any]] = {
+    "data": lambda node: LMDataConfig if node.get("source") == "lm" else DataConfig,
+    "encoder": lambda node: getattr(ENCODERS.get(node.get("name")), "config", None),
+    "scenario": lambda node: ScenarioConfig,
+    "device": lambda node: DeviceConfig,
+    "logger": lambda node: LoggerConfig,
+    "cache": lambda node: CacheConfig,
+}
+
+
+def unknown_key(key: str, value: object, allowed: list[str]) -> ConfigError:
+    """The error of a key no schema has, naming the keys its parent allows."""
+    parent, _, _ = key.rpartition(".")
+    where = parent or "the config"
+    return ConfigError(
+        f"{key}={value} is invalid: {where} has no key {key.rpartition('.')[2]!r}; its keys are"
+        f" {', '.join(allowed)}"
+    )
 
 
 def check_encoder(cfg: DictConfig) -> None:
@@ -55,41 +118,7 @@ def check_data_laws(d: DictConfig) -> None:
         need(not bad, "data.draw", d.draw, f"draws only the authors' law; not {', '.join(bad)}")
     choice("data.support", d.support, SUPPORTS)
     choice("data.frequencies", d.frequencies, FREQUENCIES)
-    need(d.zipf_exponent >= 0, "data.zipf_exponent", d.zipf_exponent, "must be >= 0")
-    if d.magnitude_std is not None:
-        need(d.magnitude_std >= 0, "data.magnitude_std", d.magnitude_std, "must be >= 0 or null")
-    need(
-        d.magnitude_heterogeneity >= 0,
-        "data.magnitude_heterogeneity",
-        d.magnitude_heterogeneity,
-        "must be >= 0",
-    )
     choice("data.importance", d.importance, IMPORTANCES)
-    need(
-        0 < d.importance_decay <= 1,
-        "data.importance_decay",
-        d.importance_decay,
-        "must be in (0, 1]",
-    )
-    need(
-        0 <= d.correlation_rank <= d.N,
-        "data.correlation_rank",
-        d.correlation_rank,
-        f"must be between 0 (independent) and data.N={d.N}",
-    )
-    need(
-        0 <= d.correlation_scale < 1,
-        "data.correlation_scale",
-        d.correlation_scale,
-        "must be in [0, 1) (0 = independent)",
-    )
-    need(d.hierarchy_depth >= 0, "data.hierarchy_depth", d.hierarchy_depth, "must be >= 0")
-    need(
-        d.hierarchy_branching >= 1,
-        "data.hierarchy_branching",
-        d.hierarchy_branching,
-        "must be >= 1",
-    )
     if d.support == "fixed_k":
         extra = [
             key
@@ -129,12 +158,6 @@ def check_data_laws(d: DictConfig) -> None:
     if d.dictionary == "orthogonal":
         need(d.N <= d.M, "data.dictionary", d.dictionary, f"needs data.N <= data.M={d.M}")
     if d.dictionary == "coherent":
-        need(
-            0 < d.coherence_target < 1,
-            "data.coherence_target",
-            d.coherence_target,
-            "must be in (0, 1)",
-        )
         floor = gaussian_floor(d.M, d.N, d.seed, d.coherence_kind)
         need(
             d.coherence_target >= floor,
@@ -152,21 +175,18 @@ def check_data_laws(d: DictConfig) -> None:
         )
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check everything Hydra's type checks cannot, before any data is generated."""
+def validate(cfg: DictConfig, reach_sources: bool = True) -> None:
+    """Check everything Hydra's type checks cannot, before any data is generated;
+    ``reach_sources=False`` leaves out whether ``data=lm``'s model, text or cache can be reached
+    (the one check that may wait on the network)."""
+    check_schema(cfg, schema=Config)
     d = cfg.data
     choice("data.source", d.source, DATA_SOURCES)
     lm = is_lm(cfg)
     if lm:
         _validate_lm(cfg)
     else:
-        need(d.N >= 1, "data.N", d.N, "must be at least 1")
-        need(d.M >= 1, "data.M", d.M, "must be at least 1")
-        need(1 <= d.K <= d.N, "data.K", d.K, f"must be between 1 and data.N={d.N}")
-        need(d.train_samples >= 2, "data.train_samples", d.train_samples, "must be at least 2")
-        need(d.test_samples >= 2, "data.test_samples", d.test_samples, "must be at least 2")
         choice("data.magnitude", d.magnitude, MAGNITUDES)
-        need(d.noise_std >= 0, "data.noise_std", d.noise_std, "must be non-negative")
         check_data_laws(d)
         need(not cfg.resume, "resume", cfg.resume, "checkpoints and resuming need data=lm")
         need(cfg.cache is None, "cache", "build", "harvesting activations needs data=lm")
@@ -197,15 +217,12 @@ def validate(cfg: DictConfig) -> None:
             f" data=lm: {', '.join(allowed)}."
         )
     stream = 0 if lm else d.stream_batch
-    need(stream >= 0, "data.stream_batch", stream, "must be >= 0 (0 = the full training batch)")
     if stream > 0 and encoder.per_sample:
         raise ConfigError(
             f"encoder={e.name} does not apply with data.stream_batch={stream}: it keeps state per"
             " sample of a fixed training set. Use data.stream_batch=0 (the full batch) or an"
             " encoder without per-sample state."
         )
-    if e.latents is not None:
-        need(e.latents >= 1, "encoder.latents", e.latents, "must be at least 1 (or null = data.N)")
     check_encoder(cfg)
 
     scenario = SCENARIOS[cfg.scenario.name]
@@ -220,20 +237,12 @@ def validate(cfg: DictConfig) -> None:
             f" are tied to the true sources, so it needs data.N={d.N} latents (or null)"
         )
 
-    need(cfg.steps >= 0, "steps", cfg.steps, "must be >= 0")
-    need(cfg.replicas >= 1, "replicas", cfg.replicas, "must be at least 1")
-    need(cfg.eval_every >= 1, "eval_every", cfg.eval_every, "must be at least 1")
-    need(cfg.lr > 0, "lr", cfg.lr, "must be positive")
-    need(cfg.l1_coeff >= 0, "l1_coeff", cfg.l1_coeff, "must be >= 0")
     choice(
         "metrics.dictionary_similarity", cfg.metrics.dictionary_similarity, DICTIONARY_SIMILARITIES
     )
 
     choice("device.name", cfg.device.name, DEVICES)
     choice("device.autocast", cfg.device.autocast, AUTOCASTS)
-    need(cfg.lr_warmup_steps >= 0, "lr_warmup_steps", cfg.lr_warmup_steps, "must be >= 0")
-    need(cfg.l1_warmup_steps >= 0, "l1_warmup_steps", cfg.l1_warmup_steps, "must be >= 0")
-    need(cfg.metrics.dead_window >= 1, "metrics.dead_window", cfg.metrics.dead_window, ">= 1")
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda is invalid: no CUDA GPU is visible here; use device=cpu or auto"
@@ -242,13 +251,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "device=mps is invalid: MPS is not available here; use device=cpu or auto"
         )
-    if cfg.device.threads is not None:
-        need(cfg.device.threads >= 1, "device.threads", cfg.device.threads, "must be at least 1")
 
     choice("logger.name", cfg.logger.name, LOGGERS)
     if cfg.logger.name == "wandb":
         choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
-    if lm:  # last: a hub name offline fails here, within seconds, saying how to use local files
+    if lm and reach_sources:  # last: a hub name offline fails here, within seconds
         _check_lm_sources(d)
 
 
@@ -257,10 +264,6 @@ def _validate_lm(cfg: DictConfig) -> None:
     d = cfg.data
     need("hook" in d, "data.source", d.source, "needs the lm data preset: use data=lm")
     choice("data.dtype", d.dtype, MODEL_DTYPES)
-    need(d.context >= 2, "data.context", d.context, "must be at least 2 (BOS + one token)")
-    need(d.model_batch >= 1, "data.model_batch", d.model_batch, "must be at least 1")
-    need(d.test_tokens >= 2, "data.test_tokens", d.test_tokens, "must be at least 2")
-    need(d.batch_tokens >= 1, "data.batch_tokens", d.batch_tokens, "must be at least 1")
     if d.tokens is not None:
         allowed = f"must be at least data.batch_tokens={d.batch_tokens} (or null)"
         need(d.tokens >= d.batch_tokens, "data.tokens", d.tokens, allowed)
@@ -271,15 +274,11 @@ def _validate_lm(cfg: DictConfig) -> None:
         d.shuffle_tokens,
         allowed,
     )
-    need(d.expansion >= 1, "data.expansion", d.expansion, "must be at least 1")
     if d.model_device is not None:
         choice("data.model_device", d.model_device, DEVICES[1:])
-    if cfg.checkpoint_every is not None:
-        need(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, ">= 1 or null")
     build = cfg.cache
     if build is not None:
         choice("cache.dtype", build.dtype, MODEL_DTYPES)
-        need(build.flush_tokens >= 1, "cache.flush_tokens", build.flush_tokens, ">= 1")
         need(
             d.cache is None,
             "data.cache",

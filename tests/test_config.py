@@ -16,7 +16,7 @@ BAD_VALUES = [
     (["data.N=0", "data.K=1"], "data.N=0", "at least 1"),
     (["data.train_samples=1"], "data.train_samples=1", "at least 2"),
     (["data.test_samples=0"], "data.test_samples=0", "at least 2"),
-    (["data.noise_std=-0.1"], "data.noise_std=-0.1", "non-negative"),
+    (["data.noise_std=-0.1"], "data.noise_std=-0.1", ">= 0"),
     (
         ["data.magnitude=cauchy"],
         "data.magnitude='cauchy'",
@@ -115,7 +115,7 @@ def test_cli_bad_value_exits_2_with_one_line_and_trains_nothing(tmp_path):
 def test_cli_unknown_encoder_name_lists_the_options(tmp_path):
     result = run_cli(["encoder=transformer", "logger=none"], cwd=tmp_path)
     assert result.returncode != 0
-    assert "encoder/transformer" in result.stderr
+    assert "encoder='transformer'" in result.stderr
     for name in ("sae", "mlp", "sparse_coding", "sae_ito"):
         assert name in result.stderr
     assert not list(tmp_path.rglob("metrics.jsonl"))

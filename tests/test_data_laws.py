@@ -286,7 +286,7 @@ BAD_DATA = [
     (["data.correlation_rank=17"], "data.correlation_rank=17", "data.N=16"),
     (["data.correlation_scale=1.0"], "data.correlation_scale=1.0", "[0, 1)"),
     (["data.hierarchy_depth=-1"], "data.hierarchy_depth=-1", ">= 0"),
-    (["data.hierarchy_branching=0"], "data.hierarchy_branching=0", ">= 1"),
+    (["data.hierarchy_branching=0"], "data.hierarchy_branching=0", "at least 1"),
     (["data.frequencies=zipf"], "data.support='fixed_k'", "need data.support=bernoulli"),
     (
         ["data.correlation_rank=2", "data.correlation_scale=0.5"],

@@ -41,7 +41,7 @@ VALUES = [
     ("data.model_device", "tpu", "data.model_device='tpu'", "cpu, cuda, mps"),
     ("device.autocast", "fp8", "device.autocast='fp8'", "none, bf16"),
     ("lr_warmup_steps", -1, "lr_warmup_steps=-1", ">= 0"),
-    ("metrics.dead_window", 0, "metrics.dead_window=0", ">= 1"),
+    ("metrics.dead_window", 0, "metrics.dead_window=0", "at least 1"),
     ("data.cache", "no/such/folder", "data.cache='no/such/folder'", "+cache=build"),
     ("data.text_files", "no/such/*.txt", "data.text_files='no/such/*.txt'", "matches no file"),
     ("data.model_path", "no/such/model", "data.model_path='no/such/model'", "save_pretrained"),

@@ -14,8 +14,9 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from sparsegap.config import DEVICES, LOGGER_MODES, DeviceConfig, LoggerConfig
+from sparsegap.config import DEVICES, LOGGER_MODES, SEED_MAX, DeviceConfig, LoggerConfig, ranged
 from sparsegap.errors import ConfigError, choice, need
+from sparsegap.validate import check_schema
 
 EXPLAINERS = ("llm", "ngram")
 SCORERS = ("llm", "rule")
@@ -27,24 +28,29 @@ class CorpusConfig:
 
     path: str | None = None  # .txt (a document per line) or .jsonl ("text") file or glob; null =
     # the run's own text (data.text_files or data.dataset)
-    skip_tokens: int | None = None  # text tokens skipped first (whole documents); null = 0 for
+    # text tokens skipped first (whole documents); null = 0 for
+    skip_tokens: int | None = ranged(None, ge=0)
     # corpus.path, and for the run's own text the data.test_tokens + data.tokens it consumed
-    tokens: int = 131_072  # held-out tokens scanned (rounded down to whole contexts)
-    context: int = 32  # tokens per example context (the LM sees each context after a BOS)
-    batch_size: int = 64  # contexts per forward pass of the language model
+    tokens: int = ranged(131_072, ge=1)  # held-out tokens scanned (rounded down to whole contexts)
+    # tokens per example context (the LM sees each context after a BOS)
+    context: int = ranged(32, ge=2)
+    batch_size: int = ranged(64, ge=1)  # contexts per forward pass of the language model
 
 
 @dataclass
 class ExamplesConfig:
     """Which contexts each feature is explained and scored on; the two sets are disjoint."""
 
-    explain_top: int = 10  # top-activating contexts shown to the explainer
-    explain_sampled: int = 10  # more explainer contexts, stratified over activation quantiles
-    quantiles: int = 5  # activation quantile bins for the stratified samples
-    score_activating: int = 5  # held-out activating contexts the scorer labels
-    score_non_activating: int = 5  # held-out contexts where the feature never fires
-    logit_tokens: int = 10  # top and bottom promoted tokens (W_U·d) shown to the explainer
-    mark_fraction: float = 0.0  # LLM explainer marks tokens above this fraction of the peak
+    explain_top: int = ranged(10, ge=1)  # top-activating contexts shown to the explainer
+    # more explainer contexts, stratified over activation quantiles
+    explain_sampled: int = ranged(10, ge=0)
+    quantiles: int = ranged(5, ge=1)  # activation quantile bins for the stratified samples
+    score_activating: int = ranged(5, ge=1)  # held-out activating contexts the scorer labels
+    score_non_activating: int = ranged(5, ge=1)  # held-out contexts where the feature never fires
+    # top and bottom promoted tokens (W_U·d) shown to the explainer
+    logit_tokens: int = ranged(10, ge=0)
+    # LLM explainer marks tokens above this fraction of the peak
+    mark_fraction: float = ranged(0.0, ge=0, le=1)
 
 
 @dataclass
@@ -56,16 +62,19 @@ class LLMConfig:
     api_key: str | None = None  # null = the environment variable named by api_key_env (better:
     # a key given here is moved there before anything is written, never recorded; secrets.py)
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int = 512  # completion tokens per request
-    timeout_s: float = 60.0  # per request; a timeout is retried
-    max_retries: int = 5  # retries after a 429, a 5xx, a timeout or a dropped connection
-    backoff_s: float = 1.0  # first retry delay; doubles each retry (with jitter), Retry-After wins
-    max_backoff_s: float = 30.0
-    concurrency: int = 8  # requests in flight at once
+    temperature: float = ranged(0.0, ge=0)
+    max_tokens: int = ranged(512, ge=1)  # completion tokens per request
+    timeout_s: float = ranged(60.0, gt=0)  # per request; a timeout is retried
+    # retries after a 429, a 5xx, a timeout or a dropped connection
+    max_retries: int = ranged(5, ge=0)
+    # first retry delay; doubles each retry (with jitter), Retry-After wins
+    backoff_s: float = ranged(1.0, ge=0)
+    max_backoff_s: float = ranged(30.0, ge=0)
+    concurrency: int = ranged(8, ge=1)  # requests in flight at once
     cache_dir: str | None = "outputs/autointerp/llm_cache"  # response cache; null = no cache
-    input_usd_per_mtok: float = 0.0  # price of a million prompt tokens (cost in the summary)
-    output_usd_per_mtok: float = 0.0  # price of a million completion tokens
+    # price of a million prompt tokens (cost in the summary)
+    input_usd_per_mtok: float = ranged(0.0, ge=0)
+    output_usd_per_mtok: float = ranged(0.0, ge=0)  # price of a million completion tokens
 
 
 @dataclass
@@ -87,11 +96,12 @@ class NgramExplainerConfig(ExplainerConfig):
     frequency, chosen greedily by covered peaks × log-odds."""
 
     name: str = "ngram"
-    max_terms: int = 5  # tokens and bigrams in one explanation
-    coverage: float = 0.9  # stop once this fraction of the explanation peaks is covered
-    min_count: int = 2  # a term must cover at least this many explanation peaks
-    min_log_odds: float = 0.7  # a term must be at least e^0.7 ≈ 2× enriched at the peaks
-    smoothing: float = 1.0  # additive smoothing of the counts
+    max_terms: int = ranged(5, ge=1)  # tokens and bigrams in one explanation
+    # stop once this fraction of the explanation peaks is covered
+    coverage: float = ranged(0.9, gt=0, le=1)
+    min_count: int = ranged(2, ge=1)  # a term must cover at least this many explanation peaks
+    min_log_odds: float = ranged(0.7)  # a term must be at least e^0.7 ≈ 2× enriched at the peaks
+    smoothing: float = ranged(1.0, gt=0)  # additive smoothing of the counts
 
 
 @dataclass
@@ -119,9 +129,10 @@ class AutointerpConfig:
     """Top level of ``python -m sparsegap.autointerp``."""
 
     run: str = MISSING  # folder of a trained language-model encoder run
-    features: int = 200  # random live features explained and scored
-    replica: int = 0  # which of the run's replicas
-    seed: int = 0  # feature sampling, stratified examples and scoring order
+    features: int = ranged(200, ge=1)  # random live features explained and scored
+    replica: int = ranged(0, ge=0)  # which of the run's replicas
+    # feature sampling, stratified examples and scoring order
+    seed: int = ranged(0, ge=0, le=SEED_MAX)
     label: str | None = None  # encoder name in the report; null = from the run's config
     device: Any = MISSING  # device=auto|cpu|cuda|mps, device.threads (torch threads on CPU)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -143,60 +154,21 @@ def register_configs() -> None:
     cs.store(group="device", name="device_schema", node=DeviceConfig)
 
 
-def _at_least(cfg: DictConfig, key: str, low: float) -> None:
-    value = cfg
-    for part in key.split("."):
-        value = value[part]
-    need(value >= low, key, value, f"must be at least {low}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Checks Hydra's type checks cannot express, before any model is loaded."""
+
     choice("explainer.name", cfg.explainer.name, EXPLAINERS)
     choice("scorer.name", cfg.scorer.name, SCORERS)
     choice("device.name", cfg.device.name, DEVICES)
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda is invalid: no CUDA GPU is visible here; use cpu or auto")
-    for key, low in (
-        ("features", 1),
-        ("replica", 0),
-        ("corpus.context", 2),
-        ("corpus.batch_size", 1),
-        ("examples.explain_top", 1),
-        ("examples.explain_sampled", 0),
-        ("examples.quantiles", 1),
-        ("examples.score_activating", 1),
-        ("examples.score_non_activating", 1),
-        ("examples.logit_tokens", 0),
-        ("llm.max_tokens", 1),
-        ("llm.max_retries", 0),
-        ("llm.concurrency", 1),
-        ("llm.temperature", 0),
-        ("llm.backoff_s", 0),
-        ("llm.max_backoff_s", 0),
-        ("llm.input_usd_per_mtok", 0),
-        ("llm.output_usd_per_mtok", 0),
-    ):
-        _at_least(cfg, key, low)
-    f = cfg.examples.mark_fraction
-    need(0 <= f <= 1, "examples.mark_fraction", f, "must be in [0, 1]")
-    if cfg.corpus.skip_tokens is not None:
-        _at_least(cfg, "corpus.skip_tokens", 0)
-    if cfg.device.threads is not None:
-        _at_least(cfg, "device.threads", 1)
-    need(cfg.llm.timeout_s > 0, "llm.timeout_s", cfg.llm.timeout_s, "must be positive")
+    check_schema(cfg)  # every field's declared range, no key outside the schema
     need(
         cfg.corpus.tokens >= cfg.corpus.context,
         "corpus.tokens",
         cfg.corpus.tokens,
         f"must be at least corpus.context={cfg.corpus.context}",
     )
-    if cfg.explainer.name == "ngram":
-        e = cfg.explainer
-        _at_least(cfg, "explainer.max_terms", 1)
-        _at_least(cfg, "explainer.min_count", 1)
-        need(0 < e.coverage <= 1, "explainer.coverage", e.coverage, "must be in (0, 1]")
-        need(e.smoothing > 0, "explainer.smoothing", e.smoothing, "must be positive")
     choice("logger.name", cfg.logger.name, ("wandb", "none"))
     if cfg.logger.name == "wandb":
         choice("logger.mode", cfg.logger.mode, LOGGER_MODES)

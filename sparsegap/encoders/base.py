@@ -235,10 +235,6 @@ def check_inference(cfg: DictConfig) -> None:
     common fields, its own checks, and its atom budget where it needs one."""
     inf = cfg.encoder.inference
     choice("encoder.inference.name", inf.name, tuple(INFERENCE))
-    need(inf.iterations >= 0, "encoder.inference.iterations", inf.iterations, "must be >= 0")
-    need(inf.lr > 0, "encoder.inference.lr", inf.lr, "must be positive")
-    if inf.l1_coeff is not None:
-        need(inf.l1_coeff >= 0, "encoder.inference.l1_coeff", inf.l1_coeff, "must be >= 0")
     algorithm = INFERENCE[inf.name]
     algorithm.check(inf, "encoder.inference")
     if inf.k is not None or (is_lm(cfg) and algorithm.needs_budget):

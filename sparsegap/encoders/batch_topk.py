@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
+from sparsegap.config import ranged
 from sparsegap.encoders.base import register_encoder
 from sparsegap.encoders.topk import TopK, TopKConfig
-from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_forward, relu
 
 
@@ -30,8 +29,9 @@ class BatchTopKConfig(TopKConfig):
     activation. No L1 penalty. AuxK as for TopK."""
 
     name: str = "batch_topk"
-    k: int | None = None  # mean active latents per sample; null = data.K
-    threshold_momentum: float = 0.01  # EMA weight of the threshold estimate (cumulative mean first)
+    k: int | None = ranged(None, ge=1)  # mean active latents per sample; null = data.K
+    # EMA weight of the threshold estimate (cumulative mean first)
+    threshold_momentum: float = ranged(0.01, gt=0, le=1)
 
 
 @register_encoder
@@ -42,12 +42,6 @@ class BatchTopK(TopK):
     name = "batch_topk"
     config = BatchTopKConfig
     label = "BatchTopK SAE"
-
-    @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        super().check(cfg)
-        m = cfg.encoder.threshold_momentum
-        need(0 < m <= 1, "encoder.threshold_momentum", m, "must be in (0, 1]")
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -37,9 +37,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from sparsegap.config import EncoderConfig, InferenceConfig
+from sparsegap.config import EncoderConfig, InferenceConfig, ranged
 from sparsegap.encoders.base import Encoder, check_inference, register_encoder, resolve_inference
-from sparsegap.errors import choice, need
+from sparsegap.errors import choice
 from sparsegap.flops import Flops, renormalise_columns
 from sparsegap.inference import INFERENCE, build_inference
 
@@ -68,11 +68,15 @@ class DictionaryLearningConfig(EncoderConfig):
 
     name: str = "dictionary_learning"
     dictionary_update: str = "least_squares"  # least_squares | gradient
-    ridge: float = 1e-6  # ε of the least-squares update, relative to the mean diagonal of S·Sᵀ
+    # ε of the least-squares update, relative to the mean diagonal of S·Sᵀ
+    ridge: float = ranged(1e-6, ge=0)
     resample_dead: bool = True  # restart unused and near-duplicate atoms at a random residual
-    duplicate_cosine: float = 0.95  # resample_dead: atoms with |cosine| above this are duplicates
-    restarts: int = 19  # extra candidate dictionaries per replica; the lowest objective is kept
-    test_iterations: int | None = 300  # inference iterations for test codes; null = inference's
+    # resample_dead: atoms with |cosine| above this are duplicates
+    duplicate_cosine: float = ranged(0.95, gt=0, le=1)
+    # extra candidate dictionaries per replica; the lowest objective is kept
+    restarts: int = ranged(19, ge=0)
+    # inference iterations for test codes; null = inference's
+    test_iterations: int | None = ranged(300, ge=0)
     # training and test codes: non-negative FISTA, l1 0.2, 20 warm-started iterations per step
     inference: InferenceConfig = field(default_factory=_dl_inference)
 
@@ -90,13 +94,6 @@ class DictionaryLearning(Encoder):
     def check(cls, cfg: DictConfig) -> None:
         e = cfg.encoder
         choice("encoder.dictionary_update", e.dictionary_update, DICTIONARY_UPDATES)
-        need(e.ridge >= 0, "encoder.ridge", e.ridge, "must be >= 0")
-        cos = e.duplicate_cosine
-        need(0 < cos <= 1, "encoder.duplicate_cosine", cos, "must be in (0, 1] (1 = never)")
-        need(e.restarts >= 0, "encoder.restarts", e.restarts, "must be >= 0")
-        if e.test_iterations is not None:
-            allowed = "must be >= 0 (or null = encoder.inference.iterations)"
-            need(e.test_iterations >= 0, "encoder.test_iterations", e.test_iterations, allowed)
         check_inference(cfg)
 
     @classmethod

@@ -32,13 +32,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from sparsegap.config import EncoderConfig
+from sparsegap.config import EncoderConfig, ranged
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
-from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_backward, linear_forward
 
 
@@ -89,9 +87,11 @@ class JumpReLUConfig(EncoderConfig):
     θ = exp(log θ) per latent, straight-through gradients; L0 penalty instead of L1."""
 
     name: str = "jumprelu"
-    l0_coeff: float = 0.2  # weight of mean(H(z − θ)); 0.2 gives L0 ≈ data.K in the default regime
-    bandwidth: float = 0.05  # STE rectangle-kernel width ε, in activation units (codes are O(1))
-    init_threshold: float = 0.001  # initial θ (the paper's value)
+    # weight of mean(H(z − θ)); 0.2 gives L0 ≈ data.K in the default regime
+    l0_coeff: float = ranged(0.2, ge=0)
+    # STE rectangle-kernel width ε, in activation units (codes are O(1))
+    bandwidth: float = ranged(0.05, gt=0)
+    init_threshold: float = ranged(0.001, gt=0)  # initial θ (the paper's value)
 
 
 @register_encoder
@@ -99,13 +99,6 @@ class JumpReLU(Encoder):
     name = "jumprelu"
     config = JumpReLUConfig
     label = "JumpReLU SAE"
-
-    @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        e = cfg.encoder
-        need(e.l0_coeff >= 0, "encoder.l0_coeff", e.l0_coeff, "must be >= 0")
-        need(e.bandwidth > 0, "encoder.bandwidth", e.bandwidth, "must be positive")
-        need(e.init_threshold > 0, "encoder.init_threshold", e.init_threshold, "must be positive")
 
     l1_penalty = False
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from sparsegap.config import EncoderConfig
+from sparsegap.config import EncoderConfig, ranged
 from sparsegap.encoders.base import Encoder, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
-from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
 
 
@@ -28,7 +26,8 @@ class LISTAConfig(EncoderConfig):
     """LISTA (Gregor & LeCun 2010): S_0 = ReLU(W·x − θ), S_{t+1} = ReLU(W·x + G·S_t − θ)."""
 
     name: str = "lista"
-    layers: int = 3  # unrolled iterations T after the first layer (0 = a ReLU SAE with bias −θ)
+    # unrolled iterations T after the first layer (0 = a ReLU SAE with bias −θ)
+    layers: int = ranged(3, ge=0)
 
 
 @register_encoder
@@ -36,10 +35,6 @@ class LISTA(Encoder):
     name = "lista"
     config = LISTAConfig
     label = "LISTA"
-
-    @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        need(cfg.encoder.layers >= 0, "encoder.layers", cfg.encoder.layers, "must be >= 0")
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from sparsegap.accel.native.mlp_step import NativeMLPStep
 from sparsegap.accel.reconstruction import reconstruction_backward, relu_backward
-from sparsegap.config import EncoderConfig, HandStepConfig
+from sparsegap.config import EncoderConfig, HandStepConfig, ranged
 from sparsegap.encoders.base import Encoder, HandStep, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
-from sparsegap.errors import need
 from sparsegap.flops import Flops, linear_backward, linear_forward, relu
 
 
@@ -24,7 +22,7 @@ class MLPConfig(EncoderConfig, HandStepConfig):
     """One-hidden-layer MLP encoder: codes = ReLU(W2·ReLU(W1·x [+ b1]) [+ b2])."""
 
     name: str = "mlp"
-    hidden: int = 32  # hidden width (paper: 32, 256; 1,024 for known codes)
+    hidden: int = ranged(32, ge=1)  # hidden width (paper: 32, 256; 1,024 for known codes)
     # With fast_step on the CPU (float32, sample count and hidden width multiples of 8, at most
     # 64 latents): the whole step as one fused C++ kernel (sparsegap/accel/native), compiled
     # with $CXX (g++) on first use and cached; where it cannot be built the torch step runs and
@@ -37,10 +35,6 @@ class MLP(Encoder):
     name = "mlp"
     config = MLPConfig
     label = "MLP"
-
-    @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        need(cfg.encoder.hidden >= 1, "encoder.hidden", cfg.encoder.hidden, "must be at least 1")
 
     @classmethod
     def describe(cls, encoder: Mapping[str, Any]) -> str:

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
-from sparsegap.config import EncoderConfig
+from sparsegap.config import EncoderConfig, ranged
 from sparsegap.encoders.base import Encoder, register_encoder
-from sparsegap.errors import need
 from sparsegap.extras import require
 from sparsegap.flops import Flops, renormalise_columns
 
@@ -51,9 +49,10 @@ class SklearnDLConfig(EncoderConfig):
     LARS-lasso (sklearn's transform). Needs ``pip install -e '.[sklearn]'``."""
 
     name: str = "sklearn_dl"
-    alpha: float = 0.05  # sklearn's L1 weight: ½||x − D·s||² + alpha·|s|₁ per sample
-    transform_alpha: float | None = None  # LARS-lasso weight at test time; null = alpha
-    iterations_per_step: int = 1  # sklearn max_iter per training step
+    alpha: float = ranged(0.05, gt=0)  # sklearn's L1 weight: ½||x − D·s||² + alpha·|s|₁ per sample
+    # LARS-lasso weight at test time; null = alpha
+    transform_alpha: float | None = ranged(None, gt=0)
+    iterations_per_step: int = ranged(1, ge=1)  # sklearn max_iter per training step
 
 
 @register_encoder
@@ -65,16 +64,6 @@ class SklearnDL(Encoder):
     scenarios = ("unknown",)
     per_sample = True
     extra = "sklearn"
-
-    @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        e = cfg.encoder
-        need(e.alpha > 0, "encoder.alpha", e.alpha, "must be positive")
-        if e.transform_alpha is not None:
-            allowed = "must be positive (or null = encoder.alpha)"
-            need(e.transform_alpha > 0, "encoder.transform_alpha", e.transform_alpha, allowed)
-        steps = e.iterations_per_step
-        need(steps >= 1, "encoder.iterations_per_step", steps, "must be at least 1")
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from sparsegap.accel.reconstruction import reconstruction_backward
-from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig
+from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig, ranged
 from sparsegap.encoders.base import (
     Encoder,
     HandStep,
@@ -31,7 +31,7 @@ class SparseCodingConfig(EncoderConfig, HandStepConfig):
     dictionary; codes for test samples are inferred by iterative optimisation."""
 
     name: str = "sparse_coding"
-    init_log: float = -10.0  # training log-codes start here (the authors' value)
+    init_log: float = ranged(-10.0)  # training log-codes start here (the authors' value)
     inference: InferenceConfig = field(default_factory=InferenceConfig)  # test-time inference
 
 

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from sparsegap.config import EncoderConfig, latents_of
+from sparsegap.config import EncoderConfig, latents_of, ranged
 from sparsegap.encoders.base import Encoder, check_budget, register_encoder
 from sparsegap.encoders.layers import ReplicaLinear
 from sparsegap.errors import ConfigError, need
@@ -52,14 +52,16 @@ class TopKConfig(EncoderConfig):
     """TopK SAE (Gao et al. 2024): codes = TopK_k(ReLU(W·x [+ b])) per sample; no L1 penalty."""
 
     name: str = "topk"
-    k: int | None = None  # active latents per sample; null = data.K
+    k: int | None = ranged(None, ge=1)  # active latents per sample; null = data.K
     # AuxK (Gao et al. 2024, §A.2): the dead latents' aux_k largest activations reconstruct the
     # residual x − D·codes; aux_coeff × its MSE over the residual's variance, × x's variance, is
     # added to the loss (sparsegap/encoders/topk.py). Revives latents that stopped firing.
     # 0 = off, as in the paper.
-    aux_k: int = 0  # dead latents kept per sample (Gao et al.: d/2, e.g. 384 for GPT-2 small)
-    aux_coeff: float = 0.03125  # weight α of the AuxK term (Gao et al.: 1/32)
-    aux_dead_tokens: int = 10_000_000  # dead: not fired in this many training tokens (samples)
+    # dead latents kept per sample (Gao et al.: d/2, e.g. 384 for GPT-2 small)
+    aux_k: int = ranged(0, ge=0)
+    aux_coeff: float = ranged(0.03125, ge=0)  # weight α of the AuxK term (Gao et al.: 1/32)
+    # dead: not fired in this many training tokens (samples)
+    aux_dead_tokens: int = ranged(10_000_000, ge=1)
 
 
 @register_encoder
@@ -86,13 +88,6 @@ class TopK(Encoder):
                 f"encoder.aux_k={e.aux_k} is invalid with scenario=known_codes: AuxK reconstructs"
                 " the residual through the decoder, and known_codes has none; set encoder.aux_k=0"
             )
-        need(e.aux_coeff >= 0, "encoder.aux_coeff", e.aux_coeff, "must be >= 0")
-        need(
-            e.aux_dead_tokens >= 1,
-            "encoder.aux_dead_tokens",
-            e.aux_dead_tokens,
-            "must be at least 1",
-        )
 
     @classmethod
     def resolve(cls, cfg: DictConfig) -> None:
