@@ -245,3 +245,23 @@ def resolve_inference(cfg: DictConfig) -> None:
     """The inference's atom budget defaults to data.K (only the budgeted algorithms read it)."""
     if cfg.encoder.inference.k is None:
         cfg.encoder.inference.k = cfg.data.K
+
+
+class InferenceEncoder:
+    """Mixin of the encoders whose test codes come from ``encoder.inference`` (sparse coding,
+    SAE + ITO, dictionary learning): the algorithm's checks, its budget's default and its name.
+    Put it before ``Encoder`` (or an encoder) in the bases; an encoder with checks of its own
+    calls ``super().check(cfg)``."""
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        check_inference(cfg)
+
+    @classmethod
+    def resolve(cls, cfg: DictConfig) -> None:
+        resolve_inference(cfg)
+
+    @staticmethod
+    def inference_label(encoder: Mapping[str, Any]) -> str:
+        """The display name of a configured encoder's inference algorithm."""
+        return INFERENCE[encoder["inference"]["name"]].label

@@ -38,10 +38,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from sparsegap.config import EncoderConfig, InferenceConfig, ranged
-from sparsegap.encoders.base import Encoder, check_inference, register_encoder, resolve_inference
+from sparsegap.encoders.base import Encoder, InferenceEncoder, register_encoder
 from sparsegap.errors import choice
 from sparsegap.flops import Flops, renormalise_columns
-from sparsegap.inference import INFERENCE, build_inference
+from sparsegap.inference import build_inference
 
 # Offset of the resampling generators' seeds from the replica seeds, so that the restarts draw a
 # stream of their own rather than the one that initialised the decoder.
@@ -82,7 +82,7 @@ class DictionaryLearningConfig(EncoderConfig):
 
 
 @register_encoder
-class DictionaryLearning(Encoder):
+class DictionaryLearning(InferenceEncoder, Encoder):
     name = "dictionary_learning"
     config = DictionaryLearningConfig
     label = "dictionary learning (alt. min.)"
@@ -94,15 +94,11 @@ class DictionaryLearning(Encoder):
     def check(cls, cfg: DictConfig) -> None:
         e = cfg.encoder
         choice("encoder.dictionary_update", e.dictionary_update, DICTIONARY_UPDATES)
-        check_inference(cfg)
-
-    @classmethod
-    def resolve(cls, cfg: DictConfig) -> None:
-        resolve_inference(cfg)
+        super().check(cfg)
 
     @classmethod
     def describe(cls, encoder: Mapping[str, Any]) -> str:
-        return f"dictionary learning (alt. min., {INFERENCE[encoder['inference']['name']].label})"
+        return f"dictionary learning (alt. min., {cls.inference_label(encoder)})"
 
     # The scenario's loss is only evaluated (logged); the encoder's inference has its own L1.
     l1_penalty = True

@@ -13,11 +13,11 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig
-from sparsegap.encoders.base import check_inference, register_encoder, resolve_inference
+from sparsegap.encoders.base import InferenceEncoder, register_encoder
 from sparsegap.encoders.sae import SAE
 from sparsegap.errors import choice
 from sparsegap.flops import Flops
-from sparsegap.inference import INFERENCE, build_inference
+from sparsegap.inference import build_inference
 
 ITO_INITS = ("sae", "scratch")  # encoder.init: where test-time inference starts
 
@@ -32,7 +32,7 @@ class SAEITOConfig(EncoderConfig, HandStepConfig):
 
 
 @register_encoder
-class SAEITO(SAE):
+class SAEITO(InferenceEncoder, SAE):
     name = "sae_ito"
     config = SAEITOConfig
     label = "SAE + ITO"
@@ -42,15 +42,11 @@ class SAEITO(SAE):
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
         choice("encoder.init", cfg.encoder.init, ITO_INITS)
-        check_inference(cfg)
-
-    @classmethod
-    def resolve(cls, cfg: DictConfig) -> None:
-        resolve_inference(cfg)
+        super().check(cfg)
 
     @classmethod
     def describe(cls, encoder: Mapping[str, Any]) -> str:
-        inference = INFERENCE[encoder["inference"]["name"]].label
+        inference = cls.inference_label(encoder)
         start = ", from scratch" if encoder["init"] == "scratch" else ""
         return f"SAE + ITO ({inference}{start})"
 

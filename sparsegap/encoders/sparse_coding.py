@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from sparsegap.accel.reconstruction import reconstruction_backward
@@ -17,12 +16,11 @@ from sparsegap.config import EncoderConfig, HandStepConfig, InferenceConfig, ran
 from sparsegap.encoders.base import (
     Encoder,
     HandStep,
-    check_inference,
+    InferenceEncoder,
     register_encoder,
-    resolve_inference,
 )
 from sparsegap.flops import Flops
-from sparsegap.inference import INFERENCE, build_inference
+from sparsegap.inference import build_inference
 
 
 @dataclass
@@ -36,7 +34,7 @@ class SparseCodingConfig(EncoderConfig, HandStepConfig):
 
 
 @register_encoder
-class SparseCoding(Encoder):
+class SparseCoding(InferenceEncoder, Encoder):
     name = "sparse_coding"
     config = SparseCodingConfig
     label = "sparse coding"
@@ -45,16 +43,8 @@ class SparseCoding(Encoder):
     per_sample = True
 
     @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        check_inference(cfg)
-
-    @classmethod
-    def resolve(cls, cfg: DictConfig) -> None:
-        resolve_inference(cfg)
-
-    @classmethod
     def describe(cls, encoder: Mapping[str, Any]) -> str:
-        return f"sparse coding ({INFERENCE[encoder['inference']['name']].label})"
+        return f"sparse coding ({cls.inference_label(encoder)})"
 
     has_fast_step = True
 
