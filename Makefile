@@ -85,11 +85,13 @@ CUDA_PY = $(shell for c in $(PY) python3 python; do \
 	&& { echo $$c; break; }; done)
 
 # Language-model path on a GPU (about 4 minutes): SAE 768→24,576 and MLP training steps per
-# second, harvesting tokens/s. No install step (it runs offline on a lent machine): CUDA_PY runs
-# it with .venv's other packages.
+# second, harvesting tokens/s; then the pretrained-gap methods on a 24,576-latent SAE (ms per
+# 1,000 tokens = s per 1 M tokens). No install step (it runs offline on a lent machine): CUDA_PY
+# runs it with .venv's other packages.
 bench-gpu:
 	@py="$(CUDA_PY)"; if [ -z "$$py" ]; then echo "no CUDA torch found: CPU smoke test (--small)"; \
-	  $(PY) -m sparsegap.bench.gpu --small; else $$py -m sparsegap.bench.gpu $(ARGS); fi
+	  $(PY) -m sparsegap.bench.gpu --small; else $$py -m sparsegap.bench.gpu $(ARGS) && \
+	  $$py -m sparsegap.pretrained.bench --device cuda --latents 24576 --tokens 65536 --batch 8192; fi
 
 # A GPU machine's whole check in one command, offline, no install (bench-gpu's --budget bounds it):
 # the `gpu`-marked tests (only their files are collected: a CUDA image may lack the packages of

@@ -1,6 +1,11 @@
-"""CPU throughput of each pretrained-gap method: ms per 1,000 tokens.
+"""Throughput of each pretrained-gap method: ms per 1,000 tokens.
 
     python -m sparsegap.pretrained.bench [--dim 768] [--latents 4096] [--tokens 4096]
+    python -m sparsegap.pretrained.bench --device cuda --latents 24576 --tokens 65536 --batch 8192
+
+Tokens are independent, so ms per 1,000 tokens is also seconds per 1 M tokens: on a GPU
+(``make bench-gpu``) it says how long the gap command's methods take over 1 M tokens of a
+24,576-latent SAE.
 
 A random ReLU SAE (unit-norm decoder, encoder = decoderᵀ, bias giving about 32 active latents)
 on Gaussian activations; each method as ``gap.py`` runs it, with the budgets given.
@@ -28,11 +33,14 @@ def throughput(
     ito_iterations: int = 100,
     k: int = 32,
     batch: int = 1024,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """ms per 1,000 tokens of: encoder, refit, fista, omp (k), ito, each over ``tokens``."""
     g = torch.Generator().manual_seed(0)
     atoms = torch.nn.functional.normalize(torch.randn(1, dim, latents, generator=g), dim=1)
     x = torch.randn(dim, tokens, generator=g)
+    atoms, x = atoms.to(device), x.to(device)
+    sync = torch.cuda.synchronize if atoms.is_cuda else (lambda: None)
     pre = atoms[0].T @ x
     bias = -pre.kthvalue(latents - k, dim=0).values.mean()
     methods = {
@@ -51,12 +59,15 @@ def throughput(
     out = {}
     for name, method in methods.items():
         size = min(batch, max(1, (1 << 25) // (k * latents))) if name == "omp" else batch
+        method(x[:, :size], (atoms[0].T @ x[:, :size] + bias).relu()[None])  # warm-up
         seconds = 0.0
         for start in range(0, tokens, size):
             cols = x[:, start : start + size]
             init = (atoms[0].T @ cols + bias).relu()[None]
+            sync()
             started = time.perf_counter()
             method(cols, init)
+            sync()
             seconds += time.perf_counter() - started
         out[name] = 1e6 * seconds / tokens  # ms per 1,000 tokens
     return out
@@ -71,13 +82,21 @@ def main() -> None:
         ("fista_iterations", 100),
         ("ito_iterations", 100),
         ("k", 32),
+        ("batch", 1024),
     ]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
     args = parser.parse_args()
     results = throughput(**vars(args))
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} threads"
+    )
     print(
-        f"d={args.dim}, {args.latents} latents, {args.tokens} tokens, {torch.get_num_threads()}"
-        f" threads: ms per 1,000 tokens"
+        f"d={args.dim}, {args.latents} latents, {args.tokens} tokens, batches of {args.batch},"
+        f" {where}: ms per 1,000 tokens"
+        " (= seconds per 1 M tokens)"
     )
     for name, ms in results.items():
         print(f"  {name:<8} {ms:10.1f}")
