@@ -210,8 +210,9 @@ def test_claims_use_the_interval_of_differences_paired_by_draw():
     )
     # Above on average but not on every draw: the prediction interval holds 0.
     mlp = [_draw(MLP, s, [0.7 + 0.05 * s + (0.06 if s % 2 else -0.02)]) for s in range(4)]
-    check = known_codes(sae + mlp).check
-    assert "every MLP above the SAE (mlp-32 +0.020 [" in check and ") ✗" in check
+    finding = known_codes(sae + mlp)
+    assert "every MLP above the SAE (mlp-32 +0.020 [" in finding.check and ") ✗" in finding.check
+    assert "mlp-32 − sae: mlp-32 is at or below sae on 2 of 4 draws." in finding.why
 
 
 def test_authors_draw_column_is_its_replicas_mean_and_std():
