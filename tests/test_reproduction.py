@@ -298,7 +298,7 @@ def test_make_paper_quick_writes_reproduction_and_figures(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "sparsegap.report.reproduction", "run", "sweeps", "--quick",
          "--docs", "docs"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = (tmp_path / "docs" / "REPRODUCTION.md").read_text()

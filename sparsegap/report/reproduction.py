@@ -280,7 +280,11 @@ def _check_above(
         own = draw_means(by_draw(methods[m], key))
         shared = [d for d in own if d in ref]
         below = sum(own[d] <= ref[d] for d in shared)
-        name = f"{m} − {base}" + ("" if key == "latent_mcc/test" else f" ({key})")
+        name = f"{m} − {base}" + (
+            ""
+            if key == "latent_mcc/test"
+            else f" ({key.replace('_mcc', ' MCC').replace('_', ' ')})"
+        )
         if gap.prediction is None:
             f.why.append(f"{name} is {signed(gap.mean)} on the one draw run (no interval).")
         elif below:
@@ -372,8 +376,8 @@ def known_dictionary(jobs: list[Job], authors: list[Job] | None = None) -> Findi
         "and starting points: `data.draw=authors data.seed=20240625 init=authors seed=20240625`."
     )
     for where, group in (("over the data draws", methods), ("on the authors' draw", theirs)):
-        if note := _dead_latent_note(group):
-            f.notes.append(f"{note[:-1]} ({where}).")
+        if note := _dead_latent_note(group, where):
+            f.notes.append(note)
     mlps = [m for m in methods if m.startswith("mlp")]
     if "sae" in methods and mlps:
         _check_above(f, "MLPs above the SAE", methods, "sae", mlps)
@@ -388,7 +392,7 @@ def known_dictionary(jobs: list[Job], authors: list[Job] | None = None) -> Findi
     return f
 
 
-def _dead_latent_note(methods: dict[str, list[Job]]) -> str | None:
+def _dead_latent_note(methods: dict[str, list[Job]], where: str) -> str | None:
     """With the decoder fixed at the true dictionary, a latent that never fires loses its
     feature for good: a note splitting each method's replicas by whether they end with dead
     latents, when some do and some do not (what makes a method's replica spread bimodal)."""
@@ -415,7 +419,7 @@ def _dead_latent_note(methods: dict[str, list[Job]]) -> str | None:
     if not parts:
         return None
     return (
-        "Dead latents (never firing on the test set) split the replicas: "
+        f"Dead latents (never firing on the test set) split the replicas {where}: "
         + "; ".join(parts)
         + ". The decoder is the true dictionary, so a dead latent's feature is lost; the spread"
         " over replicas is which of them lose latents."
@@ -895,8 +899,7 @@ def settings_of(preset: Preset, jobs: list[Job], total: int) -> tuple[bool, str,
     if interval_sweep:
         layout = (
             f"data seeds {'/'.join(map(str, seeds))} × replicas {'/'.join(map(str, replicas))} "
-            f"(paper: one draw × {preset.replicas}; here {len(seeds)} draws × {want} for the "
-            "interval)"
+            f"(paper: one draw × {preset.replicas} replicas)"
         )
         name = f"paper, {len(seeds)} draws × {min(replicas)} replicas"
     else:
