@@ -413,7 +413,8 @@ def _dead_latent_note(methods: dict[str, list[Job]], where: str) -> str | None:
             counts = str(low) if low == high else f"{low}–{high}"
             parts.append(
                 f"{label}: {len(lost)} of {len(pairs)} replicas end with {counts}"
-                f" dead latents and reach {statistics.fmean(m for _, m in lost):.3f} on average,"
+                f" dead latent{'s' * (high != 1)} and reach"
+                f" {statistics.fmean(m for _, m in lost):.3f} on average,"
                 f" the other {len(alive)} {statistics.fmean(alive):.3f}"
             )
     if not parts:
