@@ -3,6 +3,7 @@ and the whole QUICK path end to end (``paper`` marker: only ``make test-slow`` r
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from sparsegap.report.reproduction import (
     regimes,
     settings_of,
     sparsity,
+    sweeps_of,
     unknown,
     write_reproduction,
 )
@@ -47,7 +49,7 @@ def test_regimes_note_the_regimes_where_a_linear_encoder_is_exact():
     ]  # fmt: skip
     finding = regimes(jobs)
     assert "SC > SAE in 67% of regimes (≥ 80 %) ✗" in finding.check
-    note = next(n for n in finding.notes if n.startswith("Where M ≥ N"))
+    note = next(n for n in finding.why if n.startswith("Where M ≥ N"))  # why the part fails
     assert "(1 regime)" in note and "-0.200 on average" in note
     assert "In the other 2 regimes SC > SAE in 2 (+0.100 on average)" in note
 
@@ -83,27 +85,20 @@ def test_known_codes_paper_column_is_the_authors_known_codes_file():
     assert finding.table[1][:2] == ["sae", "0.862 ± 0.025"]
     assert next(r for r in finding.table if r[0] == "mlp-1024")[:2] == ["mlp-1024", "0.950"]
     assert any("fixed_Z_flops_reconstruction.json" in n for n in finding.notes)
-    spread = next(n for n in finding.notes if n.startswith("Spread"))
-    assert "sae 0.850–0.870 over 2 replicas" in spread and "0.862 lies inside" in spread
 
 
-def test_unknown_notes_are_computed_from_the_runs():
+def test_unknown_states_nothing_about_our_runs_that_is_not_computed():
     sc = _replicas({"name": "sparse_coding"}, [0.52, 0.55], [0.0, 0.0])
     sae = _replicas({"name": "sae"}, [0.5, 0.6], [0.0, 0.0])
-    notes = unknown([sae, sc]).notes
-    assert not any("0.72" in n for n in notes)  # no fixed empirical prose
-    spread = next(n for n in notes if n.startswith("Spread"))
-    assert "sparse_coding 0.520–0.550" in spread and "0.691 lies outside" in spread
-    assert "sae 0.500–0.600" in spread and "0.566 lies inside" in spread
-    sc.evaluations[0]["latent_mcc/test"]["replicas"] = [0.6, 0.75]
-    assert "0.691 lies inside" in next(n for n in unknown([sae, sc]).notes if "Spread" in n)
+    text = " ".join(unknown([sae, sc]).notes)
+    # The notes give the paper's numbers and what the code does, never a number of ours.
+    assert "0.538" not in text and "0.72" not in text and "0.52" not in text
 
 
 def test_known_dictionary_paper_ito_is_from_scratch():
     scratch = _replicas({"name": "sae_ito", "init": "scratch"}, [0.96, 0.97], [0.0, 0.0])
     finding = known_dictionary([scratch])
-    assert next(r for r in finding.table if r[0] == "sae_ito-scratch")[1] == "0.97"
-    assert "0.967 lies inside" in next(n for n in finding.notes if n.startswith("Spread"))
+    assert next(r for r in finding.table if r[0] == "sae_ito-scratch")[1] == "0.967"
 
 
 def test_settings_name_the_draw_and_initialisation():
@@ -118,7 +113,7 @@ def test_sparsity_notes_that_exp_codes_have_no_exact_zeros():
     jobs += [_result("sparse_coding", 0.7, l0=16.0, l1_coeff=c) for c in (0.01, 0.1)]
     finding = sparsity(jobs)
     assert "no larger L0 (0/2) ✗" in finding.check
-    assert any("its L0 is 16 (every latent) at every λ" in n for n in finding.notes)
+    assert any("its L0 is 16 (every latent) at every λ" in n for n in finding.why)
 
 
 def test_settings_tell_paper_partial_and_reduced_runs_apart():
@@ -141,12 +136,14 @@ def test_a_claim_with_a_failed_part_is_partly_reproduced():
 
 
 def test_sweeps_are_found_by_preset_name_newest_first(tmp_path):
-    for name in ("2026-01-01_00-00-00-unknown", "2026-02-01_00-00-00-unknown", "bias", "x-biasy"):
+    for name in ("2026-01-01_00-00-00-unknown", "2026-02-01_00-00-00-unknown", "bias", "x-biasy",
+                 "unknown-authors", "bias-authors"):  # fmt: skip
         (tmp_path / name).mkdir()
     found = find_sweeps([tmp_path], {"regimes": tmp_path / "elsewhere"})
     assert found["unknown"].name == "2026-02-01_00-00-00-unknown"
+    assert found["unknown-authors"].name == "unknown-authors"
     assert found["bias"].name == "bias" and found["regimes"].name == "elsewhere"
-    assert "known_codes" not in found
+    assert "known_codes" not in found and "bias-authors" not in found  # bias has no such sweep
 
 
 def test_every_result_is_listed_even_when_nothing_ran(tmp_path):
@@ -158,6 +155,142 @@ def test_every_result_is_listed_even_when_nothing_ran(tmp_path):
     assert text.count("not run") >= len(PRESETS)
 
 
+def _draw(encoder: dict, seed: int, mcc: list[float], steps=(0, 20_000), **top) -> Job:
+    """A job of a data-seed sweep: ``mcc`` per replica at its last evaluation."""
+    data = {"seed": seed, "N": 16, "M": 8, "K": 3}
+    config = {"steps": steps[-1], "replicas": len(mcc), "eval_every": steps[-1] - steps[-2],
+              "encoder": encoder, "data": data, **top}  # fmt: skip
+    records = [
+        {
+            "step": s,
+            "latent_mcc/test": {"mean": sum(mcc) / len(mcc), "replicas": mcc},
+            "flops/train_cumulative": 1e3 * (s + 1),
+        }
+        for s in steps
+    ]
+    return Job(Path("j"), "j", "completed", None, config, [], 1.0, records)
+
+
+SAE, MLP = {"name": "sae"}, {"name": "mlp", "hidden": 32}
+
+
+def _row(finding: Finding, label: str) -> dict[str, str]:
+    return dict(zip(finding.table[0], next(r for r in finding.table if r[0] == label), strict=True))
+
+
+def test_paper_inside_the_prediction_interval_flips_when_ours_moves_away():
+    sae = [_draw(SAE, s, [0.84 + 0.01 * s, 0.86 + 0.01 * s]) for s in range(3)]
+    row = _row(known_codes(sae), "sae")
+    # Per-draw means 0.85, 0.86, 0.87: 0.86 ± t(2)·0.01·√(1 + 1/3), t(2) = 4.303.
+    assert row["ours: mean over data draws"] == "0.860 (3 draws, 6 replicas)"
+    assert row["95 % prediction interval (one draw)"] == "[0.810, 0.910]"
+    assert row["95 % CI of the mean"] == "[0.835, 0.885]"
+    assert row["paper inside"] == "yes"  # the paper's 0.862
+    far = [_draw(SAE, s, [0.94 + 0.01 * s, 0.96 + 0.01 * s]) for s in range(3)]
+    assert _row(known_codes(far), "sae")["paper inside"] == "**no**"
+
+
+def test_one_data_draw_falls_back_to_mean_and_std_without_interval():
+    sae = [_draw(SAE, 0, [0.85, 0.87])]
+    mlp = [_draw(MLP, 0, [0.95, 0.97])]
+    finding = known_codes(sae + mlp)
+    row = _row(finding, "sae")
+    assert row["ours: mean over data draws"] == "0.860 ± 0.014 (one draw, 2 replicas)"
+    assert row["95 % CI of the mean"] == row["95 % prediction interval (one draw)"] == "–"
+    assert row["paper inside"] == "– (no interval)"
+    assert "(mlp-32 +0.100 (one draw)) ✓" in finding.check  # the point difference decides
+
+
+def test_claims_use_the_interval_of_differences_paired_by_draw():
+    # The draw moves both methods: the MLP is 0.03 above the SAE on every draw.
+    sae = [_draw(SAE, s, [0.7 + 0.05 * s]) for s in range(4)]
+    mlp = [_draw(MLP, s, [0.73 + 0.05 * s + 0.002 * (s % 2)]) for s in range(4)]
+    assert (
+        "every MLP above the SAE (mlp-32 +0.031 [+0.027, +0.035]) ✓" in known_codes(sae + mlp).check
+    )
+    # Above on average but not on every draw: the prediction interval holds 0.
+    mlp = [_draw(MLP, s, [0.7 + 0.05 * s + (0.06 if s % 2 else -0.02)]) for s in range(4)]
+    finding = known_codes(sae + mlp)
+    assert "every MLP above the SAE (mlp-32 +0.020 [" in finding.check and ") ✗" in finding.check
+    assert "mlp-32 − sae: mlp-32 is at or below sae on 2 of 4 draws." in finding.why
+
+
+def test_authors_draw_column_is_its_replicas_mean_and_std():
+    sae = [_draw(SAE, s, [0.6, 0.62]) for s in range(2)]
+    authors = [_draw(SAE, 20240625, [0.6, 0.61, 0.62], init="authors")]
+    finding = known_dictionary(sae, authors)
+    assert _row(finding, "sae")["ours on the authors' draw"] == "0.610 ± 0.010 (3 replicas)"
+    assert _row(finding, "mlp-256")["ours on the authors' draw"] == "not run"
+    assert _row(known_dictionary(sae), "sae")["ours on the authors' draw"] == "not run"
+
+
+def test_sparse_coding_dip_is_read_where_the_evaluations_are_dense():
+    sc = [_draw({"name": "sparse_coding"}, s, [0.7], steps=(0, 5_000, 40_000)) for s in range(2)]
+    sae = [_draw(SAE, s, [0.5], steps=(0, 5_000, 40_000)) for s in range(2)]
+    finding = unknown(sae + sc)
+    assert "dips" not in finding.check and any("dip is not checked" in n for n in finding.notes)
+    dense = _draw({"name": "sparse_coding"}, 20240926, [0.7], steps=(0, 500, 1_000, 40_000))
+    dense.evaluations[1]["latent_mcc/test"] = {"replicas": [0.6]}
+    assert "SC dips first (by 0.100 in the first 10 % of steps, on the authors' draw) ✓" in (
+        unknown(sae + sc, [dense]).check
+    )
+
+
+def test_seeded_presets_sweep_data_seeds_and_the_authors_draw():
+    sweeps = dict(sweeps_of(BY_NAME["known_dictionary"], quick=False))
+    assert sweeps["known_dictionary"] == ["data.seed=0,1,2,3,4", "replicas=3", "eval_every=5000"]
+    authors = sweeps["known_dictionary-authors"]
+    assert "data.draw=authors" in authors and "init=authors" in authors
+    assert "data.seed=20240625" in authors and "eval_every=1000" in authors
+    assert "data.seed=20240926" in dict(sweeps_of(BY_NAME["unknown"], False))["unknown-authors"]
+    quick = dict(sweeps_of(BY_NAME["known_dictionary"], quick=True))
+    for overrides in quick.values():  # one value per key, the quick one
+        keys = [o.partition("=")[0] for o in overrides]
+        assert len(keys) == len(set(keys)) and "replicas=2" in overrides
+        assert "eval_every=100" in overrides
+    assert "data.seed=0,1" in quick["known_dictionary"]
+    assert [name for name, _ in sweeps_of(BY_NAME["bias"], False)] == ["bias"]
+
+
+def test_settings_of_a_sweep_over_data_draws_is_not_called_reduced():
+    preset = BY_NAME["known_codes"]  # 4 jobs, 5 replicas in the paper
+    jobs = [_draw(SAE, s, [0.8] * 3) for s in range(5) for _ in range(preset.jobs)]
+    at_paper, text, label = settings_of(preset, jobs, len(jobs))
+    assert at_paper and label == "paper, 5 draws × 3 replicas"
+    assert "data seeds 0/1/2/3/4 × replicas 3" in text and "full grid 20" in text
+    assert "evaluation every 20,000 steps" in text
+    _, _, label = settings_of(preset, jobs[:-1], len(jobs))
+    assert label == "paper, 5 draws × 3 replicas, partial grid"
+    one_draw = [_draw(SAE, 0, [0.8] * 3)] * preset.jobs  # 3 replicas of one draw: reduced
+    assert settings_of(preset, one_draw, preset.jobs)[2] == "reduced"
+
+
+def _folder(path: Path, job: Job) -> None:
+    path.mkdir(parents=True)
+    summary = {"status": "completed", "config": job.config, "wall_time_s": 1.0}
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in job.evaluations) + "\n")
+
+
+def test_write_finds_both_sweeps_and_states_intervals(tmp_path):
+    scenario = {"scenario": {"name": "known_codes"}}
+    jobs = [_draw(e, s, [0.85 + 0.01 * s + 0.02 * (e is MLP)] * 3, **scenario)
+            for s in range(5) for e in (SAE, MLP)]  # fmt: skip
+    for i, job in enumerate(jobs):
+        _folder(tmp_path / "sweeps" / "known_codes" / str(i), job)
+    authors = _draw(SAE, 20240625, [0.86, 0.87, 0.88, 0.86, 0.88], **scenario)
+    _folder(tmp_path / "sweeps" / "known_codes-authors" / "0", authors)
+    sweeps = find_sweeps([tmp_path / "sweeps"], {})
+    assert set(sweeps) == {"known_codes", "known_codes-authors"}
+    text = write_reproduction(sweeps, tmp_path / "docs").read_text()
+    assert "mean of 5 replicas on ONE data draw" in text  # the statistics sentence
+    assert "| sae | 0.862 ± 0.025 | 0.870 (5 draws, 15 replicas) |" in text
+    assert "| yes | 0.870 ± 0.010 (5 replicas) |" in text
+    assert "On the authors' draw (`" in text and "data seed 20240625, replicas 5" in text
+    assert "every MLP above the SAE (mlp-32 +0.020 [+0.020, +0.020]) ✓" in text
+    assert str(tmp_path) not in text
+
+
 @pytest.mark.slow
 @pytest.mark.paper  # minutes on 2 shared cores: `make test-slow`, not `make test`
 def test_make_paper_quick_writes_reproduction_and_figures(tmp_path):
@@ -165,7 +298,7 @@ def test_make_paper_quick_writes_reproduction_and_figures(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "sparsegap.report.reproduction", "run", "sweeps", "--quick",
          "--docs", "docs"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = (tmp_path / "docs" / "REPRODUCTION.md").read_text()
