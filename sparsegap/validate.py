@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sparsegap.accel import graph
 from sparsegap.config import (
     AUTOCASTS,
     COHERENCE_KINDS,
@@ -27,6 +28,7 @@ from sparsegap.config import (
     DEVICES,
     DICTIONARY_SIMILARITIES,
     FREQUENCIES,
+    GRAPH_MODES,
     IMPORTANCES,
     INIT_SCHEMES,
     LOGGER_MODES,
@@ -243,6 +245,7 @@ def validate(cfg: DictConfig, reach_sources: bool = True) -> None:
 
     choice("device.name", cfg.device.name, DEVICES)
     choice("device.autocast", cfg.device.autocast, AUTOCASTS)
+    choice("device.graph", cfg.device.graph, GRAPH_MODES)
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda is invalid: no CUDA GPU is visible here; use device=cpu or auto"
@@ -251,6 +254,7 @@ def validate(cfg: DictConfig, reach_sources: bool = True) -> None:
         raise ConfigError(
             "device=mps is invalid: MPS is not available here; use device=cpu or auto"
         )
+    graph.enabled(cfg)  # device.graph=on where the steps cannot be captured: refused here
 
     choice("logger.name", cfg.logger.name, LOGGERS)
     if cfg.logger.name == "wandb":

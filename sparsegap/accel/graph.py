@@ -1,0 +1,154 @@
+"""Training steps as replays of captured CUDA graphs (``device.graph``).
+
+At the paper's sizes a synthetic training step is a few dozen tiny kernels, so on a GPU its time
+is the host's launch overhead, not arithmetic. Here the steps between two evaluations are
+captured once as one CUDA graph (``torch.cuda.graph``) and replayed: one launch per block of
+steps. What a step reads from the host is made static first: the batch is the full training set
+(one tensor, the same every step); the learning rate and L1 coefficient are device tensors that
+``DeviceScalars`` recomputes on the device from a step counter kept there (so warm-ups replay with
+their own values), and Adam's step counts are already on the device (``sparsegap.optim``). The
+step itself is ``Step``'s own code (hand-written or autograd), recorded as it runs.
+
+``CapturedSteps`` plugs into the loop as "take n steps" (``sparsegap.step.runner``); the tests
+(tests/test_graph.py) check on a GPU that it takes the uncaptured loop's steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from sparsegap.config import ConfigError, is_lm
+from sparsegap.encoders import ENCODERS
+from sparsegap.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from sparsegap.step import Step
+
+# Eager steps on a side stream before the first capture, as torch requires (lazy initialisation,
+# cuBLAS workspaces, the allocator); they are real training steps.
+WARMUP_STEPS = 3
+
+
+def unsupported(cfg: DictConfig) -> str | None:
+    """Why the steps of ``cfg`` cannot be captured (one clause), or None when they can."""
+    device = resolve_device(cfg.device.name)
+    if device.type != "cuda":
+        return f"device.name={cfg.device.name} runs on {device.type}; CUDA graphs need a CUDA GPU"
+    if is_lm(cfg):
+        return "data=lm streams its batches from the host"
+    if cfg.data.stream_batch > 0:
+        return f"data.stream_batch={cfg.data.stream_batch} draws each batch on the host"
+    if cfg.compile:
+        return "compile=true compiles the loss instead"
+    if cfg.device.autocast != "none":
+        return f"device.autocast={cfg.device.autocast} is not captured"
+    if not ENCODERS[cfg.encoder.name].capturable:
+        names = ", ".join(name for name, cls in ENCODERS.items() if cls.capturable)
+        return f"encoder={cfg.encoder.name} has no capturable step (capturable: {names})"
+    return None
+
+
+def enabled(cfg: DictConfig) -> bool:
+    """Whether training runs as captured graphs: ``device.graph=on``, or ``auto`` where the
+    steps can be captured (``unsupported``); ``on`` where they cannot raises ``ConfigError``."""
+    mode = cfg.device.graph
+    if mode == "off":
+        return False
+    reason = unsupported(cfg)
+    if mode == "on" and reason is not None:
+        raise ConfigError(f"device.graph=on is invalid: {reason}; use device.graph=auto or off")
+    return reason is None
+
+
+def plan(steps: int, block: int) -> list[int]:
+    """The graph lengths that take ``steps`` steps: whole blocks of ``block``, then the rest."""
+    whole, rest = divmod(steps, block)
+    return [block] * whole + ([rest] if rest else [])
+
+
+class DeviceScalars:
+    """The learning rate and L1 coefficient of each step, on the device: step t (from 1) has
+    ``lr·min(1, t/lr_warmup)`` and ``l1·min(1, t/l1_warmup)`` (no ramp where a warm-up is 0),
+    the values ``Step`` computes on the host, computed here from a step counter kept on the
+    device, in float64 as the host does, then stored as float32 tensors updated in place."""
+
+    def __init__(
+        self,
+        lr: float,
+        lr_warmup: int,
+        l1_coeff: float,
+        l1_warmup: int,
+        done: int,
+        device: torch.device,
+    ) -> None:
+        self.base = {"lr": (lr, lr_warmup), "l1": (l1_coeff, l1_warmup)}
+        self.t = torch.full((), float(done), dtype=torch.float64, device=device)
+        self.lr = torch.full((), lr, dtype=torch.float32, device=device)
+        self.l1 = torch.full((), l1_coeff, dtype=torch.float32, device=device)
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        """Advance to the next step; its (lr, l1_coeff), as the same two tensors every call."""
+        self.t.add_(1)
+        for out, (value, warmup) in zip((self.lr, self.l1), self.base.values(), strict=True):
+            if warmup > 0:
+                out.copy_((self.t / warmup).clamp_(max=1.0).mul_(value))
+        return self.lr, self.l1
+
+
+class CapturedSteps:
+    """Take n steps of ``trainer`` as replays of CUDA graphs of at most ``block`` steps each,
+    captured on first use of each length (the loop asks for the same lengths over and over:
+    ``eval_every``, and the rest at the end). Steps on the host (counters of samples and Adam
+    steps) advance by what the captured steps would have added, once per replay."""
+
+    def __init__(
+        self, trainer: Step, block: int, progress: Callable[[int], object] = lambda steps: None
+    ) -> None:
+        self.trainer, self.block, self.progress = trainer, block, progress
+        trainer.device_scalars = DeviceScalars(
+            trainer.lr, trainer.lr_warmup, trainer.l1_coeff, trainer.l1_warmup,
+            trainer.optimiser.t, trainer.model.device,
+        )  # fmt: skip
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[int, int]]] = {}
+        self.pool: object | None = None  # one memory pool shared by every graph
+        self.warm = 0
+
+    def __call__(self, steps: int) -> None:
+        warmup = min(steps, WARMUP_STEPS - self.warm)
+        if warmup > 0:
+            self._warm_up(warmup)
+        for length in plan(steps - warmup, self.block):
+            if length not in self.graphs:
+                self.graphs[length] = self._capture(length)
+            graph, (samples, adam_steps) = self.graphs[length]
+            graph.replay()
+            self.trainer.samples += samples
+            self.trainer.optimiser.t += adam_steps
+            self.progress(length)
+
+    def _warm_up(self, steps: int) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.trainer.run(steps)
+        torch.cuda.current_stream().wait_stream(side)
+        self.warm += steps
+        self.progress(steps)
+
+    def _capture(self, length: int) -> tuple[torch.cuda.CUDAGraph, tuple[int, int]]:
+        """Record ``length`` steps (nothing runs); returns the graph and what one replay adds to
+        the host's counters (recording advanced them, so they are put back)."""
+        trainer = self.trainer
+        before = (trainer.samples, trainer.optimiser.t)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            trainer.run(length)
+        self.pool = graph.pool()
+        added = (trainer.samples - before[0], trainer.optimiser.t - before[1])
+        trainer.samples, trainer.optimiser.t = before
+        return graph, added
