@@ -36,9 +36,6 @@ WARMUP_STEPS = 3
 
 def unsupported(cfg: DictConfig) -> str | None:
     """Why the steps of ``cfg`` cannot be captured (one clause), or None when they can."""
-    device = resolve_device(cfg.device.name)
-    if device.type != "cuda":
-        return f"device.name={cfg.device.name} runs on {device.type}; CUDA graphs need a CUDA GPU"
     if is_lm(cfg):
         return "data=lm streams its batches from the host"
     if cfg.data.stream_batch > 0:
@@ -50,6 +47,9 @@ def unsupported(cfg: DictConfig) -> str | None:
     if not ENCODERS[cfg.encoder.name].capturable:
         names = ", ".join(name for name, cls in ENCODERS.items() if cls.capturable)
         return f"encoder={cfg.encoder.name} has no capturable step (capturable: {names})"
+    device = resolve_device(cfg.device.name)
+    if device.type != "cuda":
+        return f"device.name={cfg.device.name} runs on {device.type}; CUDA graphs need a CUDA GPU"
     return None
 
 
