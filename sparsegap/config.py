@@ -307,7 +307,8 @@ class DeviceConfig:
     pin_memory: bool = True  # CUDA: host→device copies of batches from pinned memory
     # auto | on | off: CUDA: the training steps between two evaluations as replays of one captured
     # CUDA graph (synthetic full-batch data; sae, mlp, sparse_coding, sae_ito; no compile or
-    # autocast). auto: wherever that applies; on: refuse to run where it does not.
+    # autocast), and adam_log inference in captured blocks. auto: wherever that applies; on:
+    # refuse to run where training cannot be captured.
     graph: str = "auto"
     graph_steps: int = ranged(1000, ge=1)  # CUDA graphs: training steps per graph at most
 

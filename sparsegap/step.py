@@ -15,6 +15,7 @@ from sparsegap.encoders.base import FusedStep
 from sparsegap.model import Model
 from sparsegap.optim import Adam
 from sparsegap.scenarios import Losses
+from sparsegap.validate import graph_enabled
 
 Tensor = torch.Tensor
 
@@ -238,7 +239,7 @@ def runner(
     replays of captured CUDA graphs where ``device.graph`` resolves on
     (sparsegap/accel/graph.py), else ``Step.run``."""
     cfg = trainer.model.cfg
-    if trainer.batches_are_static and graph.enabled(cfg):
+    if trainer.batches_are_static and graph_enabled(cfg):
         return graph.CapturedSteps(trainer, cfg.device.graph_steps, progress)
 
     def run(steps: int) -> None:

@@ -16,6 +16,7 @@ from sparsegap.accel import graph
 from sparsegap.encoders import ENCODERS
 from sparsegap.model import build
 from sparsegap.step import make_step, runner
+from sparsegap.validate import graph_unsupported
 
 WARMUPS = ["lr_warmup_steps=7", "l1_warmup_steps=11"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -55,7 +56,7 @@ def test_graph_auto_on_the_cpu_is_the_plain_loop(tmp_path):
     ],
 )
 def test_what_cannot_be_captured_says_why(overrides, reason):
-    assert reason in graph.unsupported(compose_config(overrides))
+    assert reason in graph_unsupported(compose_config(overrides))
 
 
 def test_the_paper_encoders_are_capturable():
@@ -73,6 +74,19 @@ def test_the_paper_encoders_are_capturable():
 def test_plan_takes_every_step_in_whole_blocks_then_the_rest(steps, block, lengths):
     assert graph.plan(steps, block) == lengths
     assert sum(graph.plan(steps, block)) == steps
+
+
+@pytest.mark.parametrize("times", [0, 1, 3, 4, 50, 1000, 10_000, 10_007])
+def test_inference_split_takes_every_iteration_in_blocks_of_about_its_square_root(times):
+    eager, block, replays = graph.split(times)
+    assert eager + block * replays == times
+    assert eager >= min(times, graph.WARMUP_STEPS)  # the warm-up comes first, eagerly
+    assert eager < graph.WARMUP_STEPS + block and block == max(1, math.isqrt(times))
+
+
+def test_inference_is_marked_captured_only_on_cuda():
+    model = build(compose_config(["encoder=sparse_coding", "device.graph=auto"]))
+    assert not model.encoder.inference.captured  # the CPU: a plain loop
 
 
 def test_device_scalars_are_the_host_schedule_of_every_step():
@@ -138,3 +152,20 @@ def test_captured_training_takes_the_uncaptured_steps(tmp_path, overrides):
             if isinstance(a[key], dict):
                 a_values, b_values = a[key]["replicas"], b[key]["replicas"]
                 assert a_values == pytest.approx(b_values, rel=1e-4, abs=1e-5), key
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("iterations", [2, 10, 1000])
+@pytest.mark.parametrize("latents", [16, 64], ids=["gram", "residual"])
+def test_captured_inference_takes_the_uncaptured_iterations(iterations, latents):
+    from sparsegap.config import InferenceConfig
+    from sparsegap.inference.adam_log import AdamLog
+
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.randn(3, 8, latents, generator=generator).cuda()
+    x = torch.randn(8, 256, generator=generator).cuda()
+    inference = AdamLog(InferenceConfig(iterations=iterations), l1_coeff=0.01)
+    plain = inference(x, atoms)
+    inference.captured = True
+    torch.testing.assert_close(inference(x, atoms), plain, rtol=1e-5, atol=1e-7)

@@ -1,30 +1,33 @@
-"""Training steps as replays of captured CUDA graphs (``device.graph``).
+"""Training steps and inference iterations as replays of captured CUDA graphs (``device.graph``).
 
 At the paper's sizes a synthetic training step is a few dozen tiny kernels, so on a GPU its time
 is the host's launch overhead, not arithmetic. Here the steps between two evaluations are
 captured once as one CUDA graph (``torch.cuda.graph``) and replayed: one launch per block of
 steps. What a step reads from the host is made static first: the batch is the full training set
 (one tensor, the same every step); the learning rate and L1 coefficient are device tensors that
-``DeviceScalars`` recomputes on the device from a step counter kept there (so warm-ups replay with
-their own values), and Adam's step counts are already on the device (``sparsegap.optim``). The
-step itself is ``Step``'s own code (hand-written or autograd), recorded as it runs.
+``DeviceScalars`` recomputes on the device from a step counter kept there (so each replayed step
+takes its own warm-up values), and Adam's step counts are already on the device
+(``sparsegap.optim``). The step itself is ``Step``'s own code (hand-written or autograd),
+recorded as it runs. ``CapturedSteps`` plugs into the loop as "take n steps"
+(``sparsegap.step.runner``).
 
-``CapturedSteps`` plugs into the loop as "take n steps" (``sparsegap.step.runner``); the tests
-(tests/test_graph.py) check on a GPU that it takes the uncaptured loop's steps.
+Iterative inference (Adam on log-codes: the paper's ITO and sparse coding's test codes, ten
+thousand iterations per evaluation) is captured likewise, per block of iterations within one call
+(``repeat``, through ``Inference.iterate``).
+
+Whether a run's steps are captured is decided with its other checks (``graph_enabled`` in
+sparsegap/validate.py). tests/test_graph.py checks on a GPU that captured training and inference
+take the uncaptured steps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
-
-from sparsegap.config import ConfigError, is_lm
-from sparsegap.encoders import ENCODERS
-from sparsegap.runtime import resolve_device
 
 if TYPE_CHECKING:
     from sparsegap.step import Step
@@ -32,37 +35,6 @@ if TYPE_CHECKING:
 # Eager steps on a side stream before the first capture, as torch requires (lazy initialisation,
 # cuBLAS workspaces, the allocator); they are real training steps.
 WARMUP_STEPS = 3
-
-
-def unsupported(cfg: DictConfig) -> str | None:
-    """Why the steps of ``cfg`` cannot be captured (one clause), or None when they can."""
-    if is_lm(cfg):
-        return "data=lm streams its batches from the host"
-    if cfg.data.stream_batch > 0:
-        return f"data.stream_batch={cfg.data.stream_batch} draws each batch on the host"
-    if cfg.compile:
-        return "compile=true compiles the loss instead"
-    if cfg.device.autocast != "none":
-        return f"device.autocast={cfg.device.autocast} is not captured"
-    if not ENCODERS[cfg.encoder.name].capturable:
-        names = ", ".join(name for name, cls in ENCODERS.items() if cls.capturable)
-        return f"encoder={cfg.encoder.name} has no capturable step (capturable: {names})"
-    device = resolve_device(cfg.device.name)
-    if device.type != "cuda":
-        return f"device.name={cfg.device.name} runs on {device.type}; CUDA graphs need a CUDA GPU"
-    return None
-
-
-def enabled(cfg: DictConfig) -> bool:
-    """Whether training runs as captured graphs: ``device.graph=on``, or ``auto`` where the
-    steps can be captured (``unsupported``); ``on`` where they cannot raises ``ConfigError``."""
-    mode = cfg.device.graph
-    if mode == "off":
-        return False
-    reason = unsupported(cfg)
-    if mode == "on" and reason is not None:
-        raise ConfigError(f"device.graph=on is invalid: {reason}; use device.graph=auto or off")
-    return reason is None
 
 
 def plan(steps: int, block: int) -> list[int]:
@@ -152,3 +124,39 @@ class CapturedSteps:
         added = (trainer.samples - before[0], trainer.optimiser.t - before[1])
         trainer.samples, trainer.optimiser.t = before
         return graph, added
+
+
+def split(times: int) -> tuple[int, int, int]:
+    """How ``repeat`` takes ``times`` iterations: (eager, block, replays) with
+    eager + block·replays = times. Blocks of about √times iterations keep the host's work (one
+    captured block, the eager ones) near 2√times iterations' launches; the eager iterations are
+    the warm-up plus what does not fill a block."""
+    block = max(1, math.isqrt(times))
+    replays = (times - WARMUP_STEPS) // block if times > WARMUP_STEPS else 0
+    return times - block * replays, block, replays
+
+
+def repeat(iteration: Callable[[], None], times: int) -> None:
+    """Call ``iteration`` ``times`` times on the current CUDA device: the first few eagerly (the
+    warm-up), the rest as replays of one graph of a block of calls captured here, all on one side
+    stream. ``iteration`` may only work in place on tensors that outlive this call, and read
+    nothing from the host that changes between calls. Captured with ``capture_begin`` rather than
+    ``torch.cuda.graph``, whose device synchronisation and ``empty_cache()`` would be paid at
+    every evaluation."""
+    eager, block, replays = split(times)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(eager):
+            iteration()
+        if replays > 0:
+            captured = torch.cuda.CUDAGraph()
+            captured.capture_begin()
+            try:
+                for _ in range(block):
+                    iteration()
+            finally:
+                captured.capture_end()
+            for _ in range(replays):
+                captured.replay()
+    torch.cuda.current_stream().wait_stream(side)
