@@ -237,7 +237,7 @@ def runner(
 ) -> Callable[[int], None]:
     """What takes n steps of ``trainer``, telling ``progress`` how many it took as it goes:
     replays of captured CUDA graphs where ``device.graph`` resolves on
-    (sparsegap/accel/graph.py), else ``Step.run``."""
+    (sparsegap/accel/graph.py), else one call of ``trainer`` per step."""
     cfg = trainer.model.cfg
     if trainer.batches_are_static and graph_enabled(cfg):
         return graph.CapturedSteps(trainer, cfg.device.graph_steps, progress)
