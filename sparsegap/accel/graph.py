@@ -86,8 +86,9 @@ class CapturedSteps:
             trainer.lr, trainer.lr_warmup, trainer.l1_coeff, trainer.l1_warmup,
             trainer.optimiser.t, trainer.model.device,
         )  # fmt: skip
+        # Each graph keeps its own memory pool: they are replayed in any order (sharing one is
+        # safe only in the order of capture), and at these sizes a pool is small.
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[int, int]]] = {}
-        self.pool: object | None = None  # one memory pool shared by every graph
         self.warm = 0
 
     def __call__(self, steps: int) -> None:
@@ -118,9 +119,8 @@ class CapturedSteps:
         trainer = self.trainer
         before = (trainer.samples, trainer.optimiser.t)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):
             trainer.run(length)
-        self.pool = graph.pool()
         added = (trainer.samples - before[0], trainer.optimiser.t - before[1])
         trainer.samples, trainer.optimiser.t = before
         return graph, added
