@@ -148,13 +148,13 @@ def test_several_jobs_at_once_under_the_gpu_preset_complete_with_their_report(tm
     """``make paper DEVICE=cuda``'s launch (``reproduction.launch``) with the device swapped
     for the CPU: jobs run side by side, each in its own folder, and the report lists them all."""
     from sparsegap.report.__main__ import make_report
+    from sparsegap.report.collect import label_of
     from sparsegap.report.reproduction import launch
 
     tiny = {o.split("=")[0] for o in TINY}
     overrides = [o for o in launch("cuda", 2) if o.split("=")[0] not in tiny]
     result = run_cli(
-        ["-m", "encoder=sae,mlp,sparse_coding", "encoder.inference.iterations=20", *overrides,
-         *TINY, "hydra.sweep.dir=sweep"],
+        ["-m", "encoder=sae,mlp,mlp_256", *overrides, *TINY, "hydra.sweep.dir=sweep"],
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -165,4 +165,6 @@ def test_several_jobs_at_once_under_the_gpu_preset_complete_with_their_report(tm
     assert all((j / "metrics.jsonl").exists() and (j / "model.pt").exists() for j in jobs)
     report = make_report(tmp_path / "sweep")
     table = (tmp_path / "sweep" / "report" / "summary.md").read_text()
-    assert report is not None and all(name in table for name in ("SAE", "MLP", "sparse coding"))
+    labels = {label_of(job.config) for job in report["jobs"]}
+    assert len(report["jobs"]) == 3 and len(labels) == 3
+    assert all(label in table for label in labels)
