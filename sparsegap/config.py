@@ -36,6 +36,7 @@ COHERENCE_KINDS = ("mean", "max")
 DATA_SOURCES = ("synthetic", "lm")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 AUTOCASTS = ("none", "bf16")
+GRAPH_MODES = ("auto", "on", "off")
 
 # Integers end up in torch tensors and generators, which hold 64 bits: larger ones overflow there
 # (a traceback deep in a run) instead of failing here.
@@ -304,6 +305,12 @@ class DeviceConfig:
     autocast: str = "none"  # none | bf16: the training step's matmuls in bfloat16
     tf32: bool = False  # CUDA: TF32 tensor cores for float32 matmuls
     pin_memory: bool = True  # CUDA: host→device copies of batches from pinned memory
+    # auto | on | off: CUDA: the training steps between two evaluations as replays of one captured
+    # CUDA graph (synthetic full-batch data; sae, mlp, sparse_coding, sae_ito; no compile or
+    # autocast), and adam_log inference in captured blocks. auto: wherever that applies; on:
+    # refuse to run where training cannot be captured.
+    graph: str = "auto"
+    graph_steps: int = ranged(1000, ge=1)  # CUDA graphs: training steps per graph at most
 
 
 @dataclass

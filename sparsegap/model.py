@@ -16,6 +16,7 @@ from sparsegap.data import SyntheticData, coherence, make_streamed, make_synthet
 from sparsegap.data.synthetic import StreamBatch
 from sparsegap.decoder import Decoder
 from sparsegap.encoders import ENCODERS, Encoder
+from sparsegap.encoders.base import InferenceEncoder
 from sparsegap.encoders.layers import replica_generators
 from sparsegap.flops import Flops, adam_update, reconstruction_loss
 from sparsegap.runtime import resolve_device
@@ -146,5 +147,8 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Model:
             fixed=data.dictionary if scenario.decoder == "fixed" else None,
         )
         decoder.to(device)
+    if isinstance(encoder, InferenceEncoder) and device.type == "cuda":
+        # Its iterative inference as replays of captured CUDA graphs (sparsegap/accel/graph.py)
+        encoder.inference.captured = cfg.device.graph != "off"
     true_coherence = None if data is None else coherence(data.dictionary)
     return Model(cfg, data, encoder.to(device), decoder, scenario, device, true_coherence, stream)

@@ -24,7 +24,9 @@ class Adam:
         eps: float = 1e-8,
     ) -> None:
         self.params = list(params)
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        # A device tensor under captured CUDA graphs (sparsegap/accel/graph.py), set per step.
+        self.lr: float | Tensor = lr
+        (self.beta1, self.beta2), self.eps = betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         devices = {p.device.type for p in self.params}

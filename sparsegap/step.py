@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
+from sparsegap.accel import graph
 from sparsegap.encoders.base import FusedStep
 from sparsegap.model import Model
 from sparsegap.optim import Adam
 from sparsegap.scenarios import Losses
+from sparsegap.validate import graph_enabled
 
 Tensor = torch.Tensor
 
@@ -35,6 +37,8 @@ class Step:
     ) -> None:
         cfg, encoder, decoder = model.cfg, model.encoder, model.decoder
         self.model, self.track = model, track
+        # The full training batch, the same tensor every step (what a CUDA graph can capture).
+        self.batches_are_static = batches is None and model.stream is None
         if batches is None and model.stream is not None:
             device = model.device
             batches = ((b.x.to(device), b.codes.to(device)) for b in model.stream)
@@ -55,6 +59,9 @@ class Step:
         self.last_fired = torch.zeros(encoder.replicas, encoder.latents, dtype=torch.long)
         self.last_fired = self.last_fired.to(model.device)
         self.density: Tensor | None = None
+        # Set by sparsegap.accel.graph: (lr, l1_coeff) of the next step as device tensors, so a
+        # captured graph bakes in no host values.
+        self.device_scalars: Callable[[], tuple[Tensor, Tensor]] | None = None
         self.autocast = cfg.device.autocast == "bf16"
         # Plain floats: reading a DictConfig costs microseconds, and a synthetic step is short.
         self.lr, self.l1_coeff = float(cfg.lr), float(cfg.l1_coeff)
@@ -101,20 +108,35 @@ class Step:
         self.samples += x.shape[1]
         if model.encoder.train_step(x, model.decoder):  # the encoder did the whole step itself
             return
-        t = self.optimiser.t + 1
-        if self.lr_warmup > 0:
-            self.optimiser.lr = self.lr * min(1.0, t / self.lr_warmup)
-        l1_value = self.l1_coeff * (min(1.0, t / self.l1_warmup) if self.l1_warmup > 0 else 1.0)
+        if self.device_scalars is not None:  # captured graphs (sparsegap/accel/graph.py)
+            self.optimiser.lr, l1_coeff = self.device_scalars()
+        else:
+            l1_coeff = self._ramp()
         if self.fused is not None:
-            self._fused_step(x, l1_value)
+            assert isinstance(l1_coeff, float)
+            self._fused_step(x, l1_coeff)
             return
-        l1_coeff: float | Tensor = self.l1_coeff
-        if self.l1_warmup > 0:  # a tensor, so a compiled loss does not recompile
-            l1_coeff = torch.tensor(l1_value, device=model.device)
         if self.fast:
             self._hand_step(x, l1_coeff)
         else:
             self._autograd_step(x, l1_coeff, true_codes)
+
+    def _ramp(self) -> float | Tensor:
+        """Ramp the optimiser's learning rate over its warm-up, linearly from 0, and return
+        this step's L1 coefficient, ramped likewise."""
+        t = self.optimiser.t + 1
+        if self.lr_warmup > 0:
+            self.optimiser.lr = self.lr * min(1.0, t / self.lr_warmup)
+        if self.l1_warmup == 0:
+            return self.l1_coeff
+        l1 = self.l1_coeff * min(1.0, t / self.l1_warmup)
+        # A tensor, so a compiled loss does not recompile; the fused step takes a float.
+        return l1 if self.fused is not None else torch.tensor(l1, device=self.model.device)
+
+    def run(self, steps: int) -> None:
+        """Take ``steps`` steps."""
+        for _ in range(steps):
+            self()
 
     def _fused_step(self, x: Tensor, l1_coeff: float) -> None:
         """The encoder's fused kernels (``Encoder.fused_step``): the whole step, Adam included."""
@@ -208,6 +230,24 @@ class Step:
         self.last_fired.copy_(state["last_fired"])
         self.count = int(state["count"])
         self.samples = self.samples_at_start = int(state["samples"])
+
+
+def runner(
+    trainer: Step, progress: Callable[[int], object] = lambda steps: None
+) -> Callable[[int], None]:
+    """What takes n steps of ``trainer``, telling ``progress`` how many it took as it goes:
+    replays of captured CUDA graphs where ``device.graph`` resolves on
+    (sparsegap/accel/graph.py), else one call of ``trainer`` per step."""
+    cfg = trainer.model.cfg
+    if trainer.batches_are_static and graph_enabled(cfg):
+        return graph.CapturedSteps(trainer, cfg.device.graph_steps, progress)
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            trainer()
+            progress(1)
+
+    return run
 
 
 def make_step(model: Model, batches: Iterator[Tensor] | None = None) -> Step:

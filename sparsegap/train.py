@@ -26,7 +26,7 @@ from sparsegap.evaluate import evaluate, evaluate_activations
 from sparsegap.flops import Flops
 from sparsegap.model import Model, build
 from sparsegap.runtime import resolve_device
-from sparsegap.step import Step, make_step
+from sparsegap.step import Step, make_step, runner
 from sparsegap.tracking import Record, Tracker
 from sparsegap.validate import check_encoder
 
@@ -68,6 +68,9 @@ def train(
         disable=not (cfg.progress and terminal),
         desc=f"{cfg.scenario.name}/{cfg.encoder.name}",
     )
+    # n calls of trainer, or replays of captured CUDA graphs; both move the bar as they go (tqdm
+    # redraws at most every 0.1 s)
+    run_steps = runner(trainer, bar.update)
     record: Record = {}
     step, steps, every = schedule.start, schedule.steps, schedule.eval_every
     save_every = schedule.checkpoint_every or max(steps, 1)  # steps=0: evaluate only
@@ -92,12 +95,10 @@ def train(
         if step == steps:
             break
         chunk = min(every - step % every, save_every - step % save_every, steps - step)
-        if not model.trains:
+        if model.trains:
+            run_steps(chunk)
+        else:
             chunk = steps - step
-        for _ in range(chunk if model.trains else 0):
-            trainer()
-            bar.update()  # tqdm redraws at most every 0.1 s
-        if not model.trains:
             bar.update(chunk)
         step += chunk
     bar.close()

@@ -27,6 +27,7 @@ from sparsegap.config import (
     DEVICES,
     DICTIONARY_SIMILARITIES,
     FREQUENCIES,
+    GRAPH_MODES,
     IMPORTANCES,
     INIT_SCHEMES,
     LOGGER_MODES,
@@ -48,6 +49,7 @@ from sparsegap.config import (
 from sparsegap.encoders import ENCODERS
 from sparsegap.errors import ConfigError, choice, need
 from sparsegap.registry import encoders_for
+from sparsegap.runtime import resolve_device
 from sparsegap.scenarios import SCENARIOS
 
 
@@ -243,6 +245,7 @@ def validate(cfg: DictConfig, reach_sources: bool = True) -> None:
 
     choice("device.name", cfg.device.name, DEVICES)
     choice("device.autocast", cfg.device.autocast, AUTOCASTS)
+    choice("device.graph", cfg.device.graph, GRAPH_MODES)
     if cfg.device.name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda is invalid: no CUDA GPU is visible here; use device=cpu or auto"
@@ -251,6 +254,7 @@ def validate(cfg: DictConfig, reach_sources: bool = True) -> None:
         raise ConfigError(
             "device=mps is invalid: MPS is not available here; use device=cpu or auto"
         )
+    graph_enabled(cfg)  # device.graph=on where the steps cannot be captured: refused here
 
     choice("logger.name", cfg.logger.name, LOGGERS)
     if cfg.logger.name == "wandb":
@@ -309,3 +313,36 @@ def fill_defaults(cfg: DictConfig) -> None:
         cfg.steps = cfg.data.tokens // cfg.data.batch_tokens
         return
     ENCODERS[cfg.encoder.name].resolve(cfg)
+
+
+def graph_unsupported(cfg: DictConfig) -> str | None:
+    """Why the training steps of ``cfg`` cannot be captured as CUDA graphs
+    (sparsegap/accel/graph.py), in one clause, or None when they can."""
+    if is_lm(cfg):
+        return "data=lm streams its batches from the host"
+    if cfg.data.stream_batch > 0:
+        return f"data.stream_batch={cfg.data.stream_batch} draws each batch on the host"
+    if cfg.compile:
+        return "compile=true compiles the loss instead"
+    if cfg.device.autocast != "none":
+        return f"device.autocast={cfg.device.autocast} is not captured"
+    if not ENCODERS[cfg.encoder.name].capturable:
+        names = ", ".join(name for name, cls in ENCODERS.items() if cls.capturable)
+        return f"encoder={cfg.encoder.name} has no capturable step (capturable: {names})"
+    device = resolve_device(cfg.device.name)
+    if device.type != "cuda":
+        return f"device.name={cfg.device.name} runs on {device.type}; CUDA graphs need a CUDA GPU"
+    return None
+
+
+def graph_enabled(cfg: DictConfig) -> bool:
+    """Whether training runs as captured CUDA graphs: ``device.graph=on``, or ``auto`` where the
+    steps can be captured (``graph_unsupported``); ``on`` where they cannot raises
+    ``ConfigError``."""
+    mode = cfg.device.graph
+    if mode == "off":
+        return False
+    reason = graph_unsupported(cfg)
+    if mode == "on" and reason is not None:
+        raise ConfigError(f"device.graph=on is invalid: {reason}; use device.graph=auto or off")
+    return reason is None

@@ -135,3 +135,36 @@ def test_every_job_of_every_preset_is_a_valid_configuration(name):
             OmegaConf.update(cfg, key, float(value) if "." in value else int(value))
         validate(cfg)
     assert len(jobs) == {"regimes": 135, "sparsity": 18}.get(name, len(grid[0]))
+
+
+def test_gpu_launcher_preset_is_joblib_with_jobs_per_gpu():
+    gpu = _compose(["hydra/launcher=gpu", "hydra.launcher.n_jobs=6"]).hydra.launcher
+    assert gpu._target_.endswith("JoblibLauncher") and gpu.n_jobs == 6
+    assert _compose(["hydra/launcher=gpu"]).hydra.launcher.n_jobs == 4
+
+
+@pytest.mark.slow
+def test_several_jobs_at_once_under_the_gpu_preset_complete_with_their_report(tmp_path):
+    """``make paper DEVICE=cuda``'s launch (``reproduction.launch``) with the device swapped
+    for the CPU: jobs run side by side, each in its own folder, and the report lists them all."""
+    from sparsegap.report.__main__ import make_report
+    from sparsegap.report.collect import label_of
+    from sparsegap.report.reproduction import launch
+
+    tiny = {o.split("=")[0] for o in TINY}
+    overrides = [o for o in launch("cuda", 2) if o.split("=")[0] not in tiny]
+    result = run_cli(
+        ["-m", "encoder=sae,mlp,mlp_256", *overrides, *TINY, "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1", "2"]
+    summaries = [read_summary(j) for j in jobs]
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert all((j / "metrics.jsonl").exists() and (j / "model.pt").exists() for j in jobs)
+    report = make_report(tmp_path / "sweep")
+    table = (tmp_path / "sweep" / "report" / "summary.md").read_text()
+    labels = {label_of(job.config) for job in report["jobs"]}
+    assert len(report["jobs"]) == 3 and len(labels) == 3
+    assert all(label in table for label in labels)

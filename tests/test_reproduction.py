@@ -312,3 +312,34 @@ def test_make_paper_quick_writes_reproduction_and_figures(tmp_path):
     assert len(figures) >= len(PRESETS) and {"regimes", "decoder", "mlp", "bias"} <= stems
     assert all(f"figures/reproduction/{f.name}" in text for f in figures)
     assert str(tmp_path) not in text  # paths in the document are relative
+
+
+def test_make_paper_on_cuda_launches_k_jobs_per_gpu_as_captured_graphs(tmp_path):
+    from sparsegap.report.reproduction import LAUNCH, launch, preset_command
+
+    assert launch() == LAUNCH  # the CPU path is unchanged
+    cuda = launch("cuda", 6)
+    assert {"hydra/launcher=gpu", "hydra.launcher.n_jobs=6", "device=cuda",
+            "device.threads=1", "skip_completed=true"} <= set(cuda)  # fmt: skip
+    assert not any(o.startswith("device.graph=") for o in cuda)  # auto: captured on CUDA
+    with pytest.raises(ValueError, match="device='tpu'"):
+        launch("tpu")
+    preset = BY_NAME["unknown"]
+    command = preset_command(preset, tmp_path, quick=True, device="cuda", jobs_per_gpu=3)
+    assert command[1:5] == ["-m", "sparsegap", "-m", "+experiment=unknown"]
+    assert "hydra.launcher.n_jobs=3" in command and "steps=200" in command
+    assert f"hydra.sweep.dir={tmp_path / 'unknown'}" in command
+    assert "hydra/launcher=local" in preset_command(preset, tmp_path)
+
+
+def test_make_paper_device_cuda_reaches_the_run_command():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        ["make", "-n", "paper", "DEVICE=cuda", "JOBS_PER_GPU=5", "PAPER_DIR=out"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "reproduction run out" in result.stdout
+    assert "--device cuda --jobs-per-gpu 5" in result.stdout
+    plain = subprocess.run(["make", "-n", "paper"], cwd=root, capture_output=True, text=True)
+    assert "--device cpu" in plain.stdout

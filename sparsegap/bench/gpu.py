@@ -54,7 +54,7 @@ from typing import Any
 SITE_DISTRIBUTIONS = (
     "hydra-core", "omegaconf", "antlr4-python3-runtime", "transformer-lens", "beartype",
     "fancy-einsum", "typeguard", "transformers-stream-generator", "datasets", "dill",
-    "multiprocess",
+    "multiprocess", "hydra-joblib-launcher", "joblib",  # several jobs per GPU (bench.paper_gpu)
 )  # fmt: skip
 
 

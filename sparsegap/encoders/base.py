@@ -69,6 +69,9 @@ class Encoder(nn.Module):
     # Whether ``fast_step`` is implemented; the loop uses it for reconstruction losses unless
     # ``encoder.fast_step=false``.
     has_fast_step: ClassVar[bool] = False
+    # Whether its training step (hand-written or autograd) can be recorded as a CUDA graph
+    # (sparsegap/accel/graph.py): no host synchronisation, no host values that change per step.
+    capturable: ClassVar[bool] = False
     # The pyproject extra whose packages the encoder imports (sparsegap.extras.EXTRAS), if any:
     # the entry point checks it before anything runs.
     extra: ClassVar[str | None] = None

@@ -41,6 +41,7 @@ class MLP(Encoder):
         return f"MLP (hidden {encoder['hidden']})"
 
     has_fast_step = True
+    capturable = True
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -32,6 +32,7 @@ class SAE(Encoder):
     config = SAEConfig
     label = "SAE"
     has_fast_step = True
+    capturable = True
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

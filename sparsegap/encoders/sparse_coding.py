@@ -47,6 +47,7 @@ class SparseCoding(InferenceEncoder, Encoder):
         return f"sparse coding ({cls.inference_label(encoder)})"
 
     has_fast_step = True
+    capturable = True
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -48,16 +48,20 @@ class AdamLog(Inference):
         codes = torch.empty_like(log_codes)
         log_codes.grad = torch.empty_like(log_codes)
         optimiser = Adam([log_codes], lr=self.cfg.lr)
-        for _ in range(self.iterations):
+        grad = log_codes.grad
+
+        def iteration() -> None:  # in place only: it may be captured as a CUDA graph
             torch.exp(log_codes, out=codes)
             if gram:
-                torch.baddbmm(offset, gram_matrix, codes, out=log_codes.grad)
+                torch.baddbmm(offset, gram_matrix, codes, out=grad)
             else:
                 torch.matmul(atoms, codes, out=residual).sub_(x)
-                torch.matmul(atoms_t, residual, out=log_codes.grad).add_(l1_grad)
+                torch.matmul(atoms_t, residual, out=grad).add_(l1_grad)
             # Chain rule through S = exp(log S): d/dlogS = S ⊙ dL/dS (and |S| = S since S > 0).
-            log_codes.grad.mul_(codes)
+            grad.mul_(codes)
             optimiser.step()
+
+        self.iterate(iteration, x.device)
         log_codes.grad = None
         return log_codes.exp_()
 

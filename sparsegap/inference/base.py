@@ -10,8 +10,10 @@ overriding the name alone.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
+import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
@@ -44,6 +46,21 @@ class Inference(ABC):
         self.cfg = cfg
         self.iterations = cfg.iterations
         self.l1_coeff = cfg.l1_coeff if cfg.l1_coeff is not None else l1_coeff
+        # Whether ``iterate`` on CUDA replays captured graphs (set by model.build from
+        # ``device.graph``).
+        self.captured = False
+
+    def iterate(self, iteration: Callable[[], None], device: torch.device) -> None:
+        """Call ``iteration`` ``self.iterations`` times: on CUDA with ``captured``, as replays
+        of a captured CUDA graph (sparsegap/accel/graph.py: ``iteration`` works in place,
+        with no host synchronisation), else in a plain loop."""
+        if self.captured and device.type == "cuda":
+            from sparsegap.accel.graph import repeat  # CUDA only: off the CPU path
+
+            repeat(iteration, self.iterations)
+            return
+        for _ in range(self.iterations):
+            iteration()
 
     @abstractmethod
     def __call__(self, x: Tensor, atoms: Tensor, init: Tensor | None = None) -> Tensor: ...

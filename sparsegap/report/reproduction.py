@@ -1,16 +1,18 @@
 """``make paper``: run every preset of the paper, report each sweep, write ``REPRODUCTION.md``.
 
-    python -m sparsegap.report.reproduction run OUT [--quick] [--docs DIR]
+    python -m sparsegap.report.reproduction run OUT [--quick] [--device cuda [--jobs-per-gpu K]]
+        [--docs DIR]
     python -m sparsegap.report.reproduction write [ROOT ...] [--sweep NAME=DIR ...] [--docs DIR]
 
 ``run`` launches each preset of ``PRESETS`` as a joblib multirun (``hydra/launcher=local``, two
 jobs of one torch thread each) into ``OUT/<preset>``, reports each sweep (``sparsegap-report``),
-then does what ``write`` does. The three main results (known codes, known dictionary, unknown)
-are swept over the data seeds ``DATA_SEEDS`` (jobs = encoders × seeds, ``SEED_SWEEP``'s replicas
-and evaluation cadence) and run once more on the authors' draw and initialisation into
-``OUT/<preset>-authors``. ``--quick`` swaps in ``Preset.quick`` (few steps, 2 replicas, small
-grids, ``QUICK_DATA_SEEDS``): the same path end to end in a few minutes, for tests — its numbers
-mean nothing.
+then does what ``write`` does; ``--device cuda`` runs them on the GPU instead, ``K`` jobs at a
+time (``hydra/launcher=gpu``), each training as captured CUDA graphs. The three main results
+(known codes, known dictionary, unknown) are swept over the data seeds ``DATA_SEEDS`` (jobs =
+encoders × seeds, ``SEED_SWEEP``'s replicas and evaluation cadence) and run once more on the
+authors' draw and initialisation into ``OUT/<preset>-authors``. ``--quick`` swaps in
+``Preset.quick`` (few steps, 2 replicas, small grids, ``QUICK_DATA_SEEDS``): the same path end to
+end in a few minutes, for tests — its numbers mean nothing.
 
 ``write`` finds each sweep under the ROOTs (a folder named ``<preset>`` / ``<preset>-authors``
 or, newest first, ``<time>-<name>`` as the presets name their sweep folders) or takes it from
@@ -49,6 +51,8 @@ from sparsegap.report.intervals import Interval, draw_means, over_draws, paired,
 # completed with the same config are not rerun).
 LAUNCH = ["hydra/launcher=local", "hydra.launcher.n_jobs=2", "device.threads=1", "progress=false",
           "skip_completed=true"]  # fmt: skip
+DEVICES = ("cpu", "cuda")
+JOBS_PER_GPU = 4  # `--jobs-per-gpu`'s default: jobs sharing the GPU at a time under --device cuda
 QUICK_COMMON = ["steps=200", "eval_every=100", "replicas=2", "logger=none",
                 "data.train_samples=256", "data.test_samples=256"]  # fmt: skip
 # The three main results run over several data draws (REPRODUCTION.md's intervals: the paper's
@@ -1114,22 +1118,44 @@ def write_reproduction(
     return path
 
 
-def run_presets(out: Path, quick: bool) -> dict[str, float]:
+def launch(device: str = "cpu", jobs_per_gpu: int = JOBS_PER_GPU) -> list[str]:
+    """How every preset's multirun is launched: ``LAUNCH`` on the CPU; on ``cuda``,
+    ``jobs_per_gpu`` joblib workers sharing the GPU (``hydra/launcher=gpu``), one torch thread
+    each, training as captured CUDA graphs (``device.graph=auto``)."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r}: expected one of {DEVICES}")
+    if device == "cpu":
+        return list(LAUNCH)
+    return ["hydra/launcher=gpu", f"hydra.launcher.n_jobs={jobs_per_gpu}", "device=cuda",
+            "device.threads=1", "progress=false", "skip_completed=true"]  # fmt: skip
+
+
+def preset_command(
+    preset: Preset,
+    out: Path,
+    quick: bool = False,
+    device: str = "cpu",
+    jobs_per_gpu: int = JOBS_PER_GPU,
+    sweep: tuple[str, list[str]] | None = None,
+) -> list[str]:
+    """The command line that runs one of ``preset``'s sweeps (``sweeps_of``: its grid unless
+    ``sweep`` names another) as a multirun into ``out/<sweep's name>``."""
+    name, overrides = sweep or sweeps_of(preset, quick)[0]
+    return [sys.executable, "-m", "sparsegap", "-m", f"+experiment={preset.name}",
+            *launch(device, jobs_per_gpu), f"hydra.sweep.dir={out / name}", *overrides]  # fmt: skip
+
+
+def run_presets(
+    out: Path, quick: bool, device: str = "cpu", jobs_per_gpu: int = JOBS_PER_GPU
+) -> dict[str, float]:
     """Run every preset into ``out/<preset>`` and report it; returns wall seconds per preset.
     A preset whose multirun fails partly goes on: its failed jobs are listed in the report."""
     from sparsegap.report.__main__ import make_report
 
     seconds = {}
-    for preset, name, sweep in [(p, n, s) for p in PRESETS for n, s in sweeps_of(p, quick)]:
-        overrides = [*LAUNCH, f"hydra.sweep.dir={out / name}", *sweep]
-        command = [
-            sys.executable,
-            "-m",
-            "sparsegap",
-            "-m",
-            f"+experiment={preset.name}",
-            *overrides,
-        ]
+    for preset, sweep in [(p, s) for p in PRESETS for s in sweeps_of(p, quick)]:
+        name = sweep[0]
+        command = preset_command(preset, out, quick, device, jobs_per_gpu, sweep)
         print(f"== {name}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         result = subprocess.run(command, check=False)
@@ -1171,6 +1197,10 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run every preset into OUT/<preset>, then write")
     run.add_argument("out", type=Path)
     run.add_argument("--quick", action="store_true", help="few steps, 2 replicas, small grids")
+    run.add_argument("--device", choices=DEVICES, default="cpu",
+                     help="cuda: every job on the GPU as captured CUDA graphs")  # fmt: skip
+    run.add_argument("--jobs-per-gpu", type=int, default=JOBS_PER_GPU, metavar="K",
+                     help="--device cuda: jobs sharing the GPU at a time")  # fmt: skip
     write = sub.add_parser("write", help="write REPRODUCTION.md from existing sweeps")
     write.add_argument("roots", type=Path, nargs="*", help="folders holding the sweeps")
     write.add_argument("--sweep", action="append", default=[], metavar="NAME=DIR",
@@ -1181,9 +1211,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.action == "run":
-        run_presets(args.out, args.quick)
+        run_presets(args.out, args.quick, args.device, args.jobs_per_gpu)
         sweeps = find_sweeps([args.out], {})
-        command = f"`make paper{' QUICK=1' if args.quick else ''}`"
+        device = " DEVICE=cuda" if args.device == "cuda" else ""
+        command = f"`make paper{' QUICK=1' if args.quick else ''}{device}`"
     else:
         explicit = {}
         for item in args.sweep:
