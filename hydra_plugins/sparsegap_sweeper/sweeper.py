@@ -33,8 +33,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+# Light imports only: Hydra imports this module in every Hydra application of the environment
+# when it scans for plugins (sparsegap.precheck, which imports the encoders, is imported late).
 from sparsegap.errors import ConfigError, RunRefused
-from sparsegap.precheck import composition_error
 from sparsegap.tracking import Tracker
 
 # Failures whose job printed its one error: line (sparsegap.runtime.run_entry_point) and wrote
@@ -84,6 +85,8 @@ class SparsegapSweeper(BasicSweeper):
 
     def _problem(self, job: list[str]) -> ConfigError | None:
         """Why ``job`` does not compose (one line), or None when it does."""
+        from sparsegap.precheck import composition_error
+
         assert self.hydra_context is not None and self.config is not None
         try:
             self.hydra_context.config_loader.load_sweep_config(self.config, job)
