@@ -6,11 +6,11 @@ exist) stops the whole sweep; and it raises the first failed job's error once a 
 which stops the batches after it. Here a job that does not compose is recorded as a failed job
 instead: its own folder (where the launcher would have put it) gets the failed ``summary.json``
 with the one-line reason, and ``.hydra/overrides.yaml``, as any job that failed before its first
-step; its ``error:`` line is printed in its turn. The jobs that compose run as launched by the
-configured launcher (basic, joblib, submitit), the run of them between two that do not as one
-launch, so that every job keeps its number. Once every job has run, a sweep with a failed job
-ends with exit code 1: after the traceback of the first failure that printed no ``error:`` line
-of its own (as Hydra's sweeper prints it), else silently.
+step; its ``error:`` line is printed in its turn. The jobs that compose run through the
+configured launcher (basic, joblib, submitit), each stretch of consecutive ones as one launch, so
+that every job keeps its number. Once every job has run, a sweep with a failed job ends with exit
+code 1: after the traceback of the first failure that printed no ``error:`` line of its own (as
+Hydra's sweeper prints it), else silently.
 
 Hydra instantiates only plugins under the ``hydra_plugins`` namespace, which it finds by scanning
 that namespace; an editable install of sparsegap hides this package from the scan, so the entry
@@ -79,7 +79,7 @@ class SparsegapSweeper(BasicSweeper):
         unexplained = [r for r in failed if not isinstance(r._return_value, _EXPLAINED)]
         if unexplained:
             _ = unexplained[0].return_value  # raises it: Hydra prints it and exits with 1
-        if failed:
+        if failed:  # not an exception: Hydra would print it with a traceback
             raise SystemExit(1)
         return returns
 
