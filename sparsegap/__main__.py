@@ -27,7 +27,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.sparsegap_sweeper.sweeper import register as register_sweeper
 from sparsegap.config import ConfigError, is_lm, to_container
 from sparsegap.precheck import check_command_line, check_run, require_extras
 from sparsegap.registry import register_configs
@@ -275,8 +274,21 @@ def main() -> None:
         print(render())
         return
     check_command_line(args, check_run)
-    register_sweeper()
+    _register_sweeper()
     _hydra_main()
+
+
+def _register_sweeper() -> None:
+    """Make ``hydra/sweeper=sparsegap`` known to Hydra, which finds plugins by scanning the
+    ``hydra_plugins`` namespace: an editable install hides the sweeper from that scan. Imported
+    after the scan, which executes again every module it finds, Hydra's basic sweeper included:
+    a subclass of the class it replaces would fail in ``super()``."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # scans, the first time
+    from hydra_plugins.sparsegap_sweeper.sweeper import SparsegapSweeper
+
+    plugins.register(SparsegapSweeper)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Hydra's sweeper prints it), else silently.
 
 Hydra instantiates only plugins under the ``hydra_plugins`` namespace, which it finds by scanning
 that namespace; an editable install of sparsegap hides this package from the scan, so the entry
-point also registers it by hand (``register``).
+point also registers it by hand (``sparsegap.__main__``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
@@ -112,8 +111,3 @@ class SparsegapSweeper(BasicSweeper):
             print(f"error: {refused}", file=sys.stderr)
             result.return_value = refused
         return result
-
-
-def register() -> None:
-    """Make the sweeper known to Hydra when its namespace scan did not find it."""
-    Plugins.instance().register(SparsegapSweeper)
