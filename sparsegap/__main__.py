@@ -2,7 +2,10 @@
 
 compose (Hydra) → validate → build → train (``+cache=build``: harvest) → summary; exit code 0 on
 success, 2 on an invalid configuration (before anything runs) or a run folder another live run
-holds, 1 when the run fails (its metrics so far stay on disk).
+holds, 1 when the run fails (its metrics so far stay on disk). A multirun (``-m``) runs every job
+it can: a job with an invalid value, or one that does not compose (``hydra/sweeper=sparsegap``,
+hydra_plugins/sparsegap_sweeper), fails alone with its reason in its folder; the exit code is then
+1, and 2 only when the sweep cannot start (the overrides all its jobs share do not compose).
 
 The run folder tells one story: Hydra does not write ``.hydra/`` itself (``hydra.output_subdir:
 null``); the run writes it once it holds the folder's lock and its config is valid, after removing
@@ -25,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sparsegap.config import ConfigError, is_lm, to_container
-from sparsegap.precheck import check_before_hydra, require_extras, sweep_problems
+from sparsegap.precheck import check_command_line, check_run, require_extras
 from sparsegap.registry import register_configs
 from sparsegap.runtime import keep_freed_memory, run_entry_point
 from sparsegap.tracking import Tracker, hold, holds_outputs, write_text_atomic
@@ -260,9 +263,9 @@ def hydra_files(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
 def main() -> None:
     """The console script and ``python -m sparsegap``: ``--help`` (``-h``) prints every group,
     option and field from the schemas (sparsegap/cli_help.py); everything else goes to Hydra
-    (``--hydra-help`` for Hydra's own). A single run's config is composed and checked first,
-    so that an invalid one is one ``error:`` line and exit code 2, and Hydra never creates its
-    run folder."""
+    (``--hydra-help`` for Hydra's own). A single run's config is composed and checked first
+    (``sparsegap.precheck``), so that an invalid one is one ``error:`` line and exit code 2, and
+    Hydra never creates its run folder."""
     os.environ.setdefault("WANDB_SILENT", "true")
     args = sys.argv[1:]
     if any(arg in ("--help", "-h") for arg in args):
@@ -270,22 +273,22 @@ def main() -> None:
 
         print(render())
         return
-    multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in args)
-    overrides = [arg for arg in args if arg not in ("-m", "--multirun")]
-    # Only plain overrides: Hydra's other flags (--cfg, --info, -cn, ...) change what is composed
-    # or printed, and are left to Hydra.
-    if not any(arg.startswith("-") for arg in overrides):
-        try:
-            problems = sweep_problems(overrides) if multirun else []
-            if not multirun:
-                check_before_hydra(overrides)
-        except ConfigError as error:
-            problems = [str(error)]
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        if problems:
-            sys.exit(2)
+    check_command_line(args, check_run)
+    _register_sweeper()
     _hydra_main()
+
+
+def _register_sweeper() -> None:
+    """Make ``hydra/sweeper=sparsegap`` known to Hydra, which finds plugins by scanning the
+    ``hydra_plugins`` namespace: an editable install hides the sweeper from that scan. Imported
+    after the scan, which executes again every module it finds, Hydra's basic sweeper included:
+    a subclass of the class it replaces would fail in ``super()``."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # scans, the first time
+    from hydra_plugins.sparsegap_sweeper.sweeper import SparsegapSweeper
+
+    plugins.register(SparsegapSweeper)
 
 
 if __name__ == "__main__":

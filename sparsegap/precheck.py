@@ -1,17 +1,22 @@
-"""The checks the entry point runs before Hydra does anything: an invalid single run, or a sweep
-value that does not compose, is one ``error:`` line naming the key, the value and what is
-allowed (exit code 2), and Hydra never creates a run folder for it; and the optional extras a
-configuration needs."""
+"""The checks an entry point runs before Hydra does anything: an invalid single run, or a sweep
+that cannot start, is one ``error:`` line naming the key, the value and what is allowed (exit
+code 2), and Hydra never creates a folder for it; and the optional extras a configuration needs.
+``python -m sparsegap`` and ``python -m sparsegap.autointerp`` share them (``check_command_line``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 
 from sparsegap.config import ConfigError, is_lm
 from sparsegap.encoders import ENCODERS
 from sparsegap.extras import require
+
+MAIN_CONF = "sparsegap.conf"  # the config module of python -m sparsegap (its root: config.yaml)
 
 
 def require_extras(cfg: DictConfig) -> None:
@@ -24,34 +29,69 @@ def require_extras(cfg: DictConfig) -> None:
         require(encoder.extra, f"encoder={cfg.encoder.name}")
 
 
-def check_before_hydra(overrides: list[str]) -> None:
-    """Compose ``overrides`` as Hydra will and validate the result (all but reaching ``data=lm``'s
-    sources, which the run checks), raising ``ConfigError`` with one line for what Hydra itself
-    rejects too: a value of the wrong type, a key or group option that does not exist."""
+def check_command_line(
+    args: list[str], check: Callable[[DictConfig], None], config_module: str = MAIN_CONF
+) -> None:
+    """What an entry point's ``main()`` runs before Hydra, on its command line ``args``: print
+    one ``error:`` line and exit with code 2 when a single run's config (``config_module``'s
+    ``config.yaml`` with the overrides) does not compose or fails ``check``, or when a multirun
+    cannot start (``sweep_problems``). Hydra's other flags (``--cfg``, ``--info``, ``-cn``, ...)
+    change what is composed or printed, and are left to Hydra."""
+    multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in args)
+    overrides = [arg for arg in args if arg not in ("-m", "--multirun")]
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    try:
+        if multirun:
+            problems = sweep_problems(overrides, config_module)
+        else:
+            check(compose_checked(overrides, config_module))
+            problems = []
+    except ConfigError as error:
+        problems = [str(error)]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(2)
+
+
+def compose_checked(overrides: list[str], config_module: str = MAIN_CONF) -> DictConfig:
+    """``config_module``'s config composed with ``overrides`` as Hydra will compose it, raising
+    ``ConfigError`` with one line for what Hydra rejects: a value of the wrong type, a key or
+    group option that does not exist, an override that does not parse."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sparsegap.validate import validate
-
     try:
-        with initialize_config_module("sparsegap.conf", version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+        with initialize_config_module(config_module, version_base="1.3"):
+            return compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise composition_error(error, overrides) from error
+
+
+def check_run(cfg: DictConfig) -> None:
+    """``python -m sparsegap``'s check of a single run's composed config: its extras, and
+    ``validate`` (all but reaching ``data=lm``'s sources, which the run checks)."""
+    from sparsegap.validate import validate
+
     require_extras(cfg)
     validate(cfg, reach_sources=False)
 
 
-def sweep_problems(overrides: list[str]) -> list[str]:
-    """What Hydra's basic sweeper would stop a whole multirun for, before any job runs: a swept
-    value that does not compose (of the wrong type, a key or group option that does not exist),
-    one line per distinct reason. The sweep is read as the sweeper reads it (an experiment
-    preset's ``hydra.sweeper.params``, then the command line); each value is composed once,
-    with the first value of every other swept key, so the check costs the sum of the sweeps'
-    lengths, not their product (a value that fails only beside another sweep's later value is
-    left to Hydra's own check). Values that compose but are invalid fail only their own job, in
-    the multirun. Another sweeper (``hydra/sweeper=...``) is left to itself."""
+def sweep_problems(overrides: list[str], config_module: str = MAIN_CONF) -> list[str]:
+    """Why a multirun could not start, one line per distinct reason: the overrides its jobs
+    share do not compose (Hydra composes them before its sweeper starts, and stops there).
+
+    Under Hydra's basic sweeper (``python -m sparsegap.autointerp``), also a swept value that
+    does not compose, since that sweeper composes every job of a batch before launching any and
+    stops the whole multirun at the first that does not. The sweep is read as the sweeper reads
+    it (an experiment preset's ``hydra.sweeper.params``, then the command line); each value is
+    composed once, with the first value of every other swept key, so the check costs the sum of
+    the sweeps' lengths, not their product (a value that fails only beside another sweep's later
+    value is left to Hydra's own check). Any other sweeper is left to check its jobs itself:
+    ``python -m sparsegap``'s (``hydra/sweeper=sparsegap``) records such a job as failed and runs
+    the others."""
     from hydra import compose, initialize_config_module
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -64,7 +104,7 @@ def sweep_problems(overrides: list[str]) -> list[str]:
         fixed = [
             o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()
         ]
-        with initialize_config_module("sparsegap.conf", version_base="1.3"):
+        with initialize_config_module(config_module, version_base="1.3"):
             sweeper = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper
             if sweeper._target_ != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
                 return []

@@ -6,7 +6,10 @@ with exit code 2, before Hydra creates a run folder."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import typing
+import warnings
 
 import pytest
 from helpers import compose_config, run_cli
@@ -203,7 +206,9 @@ def test_a_range_admits_its_bounds_and_rejects_nonfinite_values_unless_declared(
 
 
 # The real entry point: one stderr line, exit code 2, and nothing written (no run folder, no
-# W&B run), for bad values, wrong types, unknown keys and group options, single runs and sweeps.
+# W&B run), for bad values, wrong types, unknown keys and group options, single runs and sweeps
+# that cannot start (a swept value that does not compose fails only its own job:
+# tests/test_reliability.py::test_a_swept_value_that_does_not_compose_fails_alone).
 CLI = [
     (["data.snr_db=nan"], "error: data.snr_db=nan is invalid: must be a finite number"),
     (["+data.foo=1"], "error: data.foo=1 is invalid: data has no key 'foo'; its keys are K, M,"),
@@ -217,8 +222,8 @@ CLI = [
     (["encoder=sae_schema"], "error: encoder='sae_schema' is invalid: allowed values are"),
     (["+experiment=nope"], "error: experiment='nope' is invalid: allowed values are"),
     (["data.N=[1"], "error: data.N=[1 is not a valid override: "),
-    (["-m", "data.N=16,abc,32"], "error: data.N='abc' is invalid: must be an integer"),
-    (["-m", "encoder=sae,nonexistent"], "error: encoder='nonexistent' is invalid: allowed"),
+    (["-m", "data.N=16,32", "lr=fast"], "error: lr='fast' is invalid: must be a number"),
+    (["-m", "encoder=sae,topk", "encoder.k=5"], "error: encoder.k=5 is invalid: encoder has no"),
 ]
 
 
@@ -230,6 +235,51 @@ def test_the_cli_gives_one_error_line_exit_2_and_writes_nothing(tmp_path, args, 
     assert len(lines) == 1 and lines[0].startswith(line), result.stderr
     assert "sae_schema" not in lines[0].partition("allowed values are")[2]
     assert not list(tmp_path.iterdir()), "an invalid config left files behind"
+
+
+# python -m sparsegap.autointerp: the same early check (sparsegap.precheck), on its own config.
+AUTOINTERP_CLI = [
+    (["features=abc"], "error: features='abc' is invalid: must be an integer"),
+    (["llm.foo=1"], "error: llm.foo=1 is invalid: llm has no key 'foo'; its keys are api_key,"),
+    (["explainer=nonexistent"], "error: explainer='nonexistent' is invalid: allowed values are"),
+    (["explainer=llm_schema"], "error: explainer='llm_schema' is invalid: allowed values are"),
+    (
+        ["scorer=rule_schema"],
+        "error: scorer='rule_schema' is invalid: allowed values are llm, rule",
+    ),
+    (["logger=logger_schema"], "error: logger='logger_schema' is invalid: allowed values are"),
+    (["examples.mark_fraction=nan"], "error: examples.mark_fraction=nan is invalid: must be"),
+    (["-m", "features=1,abc"], "error: features='abc' is invalid: must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), AUTOINTERP_CLI, ids=lambda v: str(v))
+def test_the_autointerp_cli_gives_one_error_line_exit_2_and_writes_nothing(tmp_path, args, line):
+    result = subprocess.run(
+        [sys.executable, "-m", "sparsegap.autointerp", "run=nowhere", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [text for text in result.stderr.splitlines() if text.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(line), result.stderr
+    assert "_schema" not in lines[0].partition("allowed values are")[2]
+    assert not list(tmp_path.iterdir()), "an invalid config left files behind"
+
+
+def test_autointerp_options_are_the_schemas_and_shadow_no_stored_node():
+    """Its groups' options are the schemas stored under the names users select (issue 18's rule
+    for the main CLI), so none is a YAML that Hydra validates against a ConfigStore node of the
+    same name (a deprecation warning) once both CLIs' configs are registered in one process."""
+    from autointerp_helpers import compose_cfg
+
+    from sparsegap.registry import register_configs
+
+    register_configs()  # stores device/auto, logger/wandb, ... for python -m sparsegap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = compose_cfg(["explainer=ngram", "scorer=rule", "device=auto"])
+    assert cfg.explainer.max_terms == 5 and cfg.device.name == "auto"
+    assert cfg.logger.name == "none" and cfg.scorer.name == "rule"
 
 
 # python -m sparsegap.autointerp: the same rule on its own schemas.

@@ -48,7 +48,11 @@ def test_pyproject_lists_every_package():
                 found |= packages(child, f"{name}.{child.name}")
         return found
 
-    on_disk = packages(ROOT / "sparsegap", "sparsegap") | packages(ROOT / "conf", "sparsegap.conf")
+    on_disk = (
+        packages(ROOT / "sparsegap", "sparsegap")
+        | packages(ROOT / "conf", "sparsegap.conf")
+        | packages(ROOT / "hydra_plugins", "hydra_plugins")
+    )
     assert set(setuptools["packages"]) == on_disk
 
 
@@ -105,7 +109,7 @@ def _wheel(tmp_path: Path) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("conf", "sparsegap"):
+    for name in ("conf", "hydra_plugins", "sparsegap"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     try:
         setuptools = int(importlib.metadata.version("setuptools").split(".")[0])

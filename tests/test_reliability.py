@@ -1,6 +1,7 @@
 """Reliability under misuse (docs/RELIABILITY.md): one run per folder, a folder's files describe
-one run, a full disk or a missing W&B login still ends in a ``failed`` summary, a killed run
-shows as ``interrupted``, an API key never reaches a file, only parseable LLM replies are cached,
+one run, a full disk or a missing W&B login still ends in a ``failed`` summary, a swept value
+that does not compose fails only its own job, a killed run shows as ``interrupted``, an API key
+never reaches a file or the screen, only parseable LLM replies are cached,
 the LLM client's retry budget holds, and an LM hook or text problem is caught without leftovers."""
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from openai_stub import StubServer
 from sparsegap import tracking
 from sparsegap.autointerp.llm import LLMClient, make_client
 from sparsegap.autointerp.pipeline import execute, held_out_tokens, interpret
+from sparsegap.autointerp.secrets import move_key_to_environment
 from sparsegap.config import ConfigError
-from sparsegap.report.collect import load_job
+from sparsegap.report.collect import load_job, load_jobs
 from sparsegap.tracking import Tracker
 
 KEY = "sk-test-9f8e7d6c5b4a39281706"
@@ -161,6 +163,28 @@ def test_an_invalid_rerun_leaves_a_completed_folder_untouched(tmp_path):
     assert read_summary(run_dir)["status"] == "completed"
 
 
+# ------------------------------------------------------------------ a sweep goes on (item 4)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"]
+)
+def test_a_swept_value_that_does_not_compose_fails_alone(tmp_path, launcher):
+    result = run_cli(["-m", "data.N=16,abc,32", "steps=10", "eval_every=10", "replicas=1",
+                      "logger=none", "hydra.sweep.dir=sweep", *launcher], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data.N='abc' is invalid: must be an integer"], result.stderr
+    assert "Traceback" not in result.stderr
+    jobs = load_jobs(tmp_path / "sweep")  # as the report reads them
+    assert [(j.name, j.status) for j in jobs] == [
+        ("0", "completed"), ("1", "failed"), ("2", "completed"),
+    ]  # fmt: skip
+    assert [j.config["data"]["N"] for j in (jobs[0], jobs[2])] == [16, 32]
+    assert jobs[1].error == "ConfigError: data.N='abc' is invalid: must be an integer"
+    assert "data.N=abc" in jobs[1].overrides and jobs[1].evaluations == []
+    assert [r["step"] for r in read_metrics(tmp_path / "sweep" / "2")] == [0, 10]
+
+
 # ------------------------------------------------------------------ kill -9 (item 10)
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_is_interrupted_and_skip_completed_reruns_it(tmp_path):
@@ -233,6 +257,29 @@ def test_an_api_key_on_the_command_line_reaches_no_file(tmp_path, sweep):
         p.name == "debug.log" for p in written
     )
     assert _files_with(tmp_path, KEY) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags", [["--cfg", "job"], ["--cfg", "all"], ["--info", "config"]], ids=" ".join
+)
+def test_printing_the_config_never_shows_a_key_given_on_the_command_line(tmp_path, flags):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "sparsegap.autointerp", "run=x", f"llm.api_key={KEY}", *flags],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "api_key: null" in result.stdout
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_a_key_on_the_command_line_moves_to_the_environment_variable_it_names(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "before")
+    args = ["run=x", "llm.api_key_env=MY_KEY", f"llm.api_key='{KEY}'", "--cfg", "job"]
+    assert move_key_to_environment(args) == ["run=x", "llm.api_key_env=MY_KEY", "--cfg", "job"]
+    assert os.environ["MY_KEY"] == KEY
+    assert move_key_to_environment(["llm.api_key=null"]) == ["llm.api_key=null"]
 
 
 def test_an_api_key_in_the_config_reaches_no_record_or_cache(tmp_path):

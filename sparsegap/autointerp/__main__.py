@@ -1,13 +1,17 @@
 """``python -m sparsegap.autointerp run=<LM run folder> [overrides]``.
 
 compose (Hydra) → validate → load the run → explain and score → outputs; exit code 0 on success,
-2 on an invalid configuration, 1 when the run fails (``autointerp.json`` then says why).
+2 on an invalid configuration, 1 when the run fails (``autointerp.json`` then says why). An
+``llm.api_key=...`` on the command line goes into its environment variable before Hydra reads
+the command line (``secrets.py``); the config is then composed and checked before Hydra runs, as
+in ``python -m sparsegap`` (``sparsegap.precheck``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -16,8 +20,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparsegap.autointerp.config import register_configs, validate
+from sparsegap.autointerp.secrets import move_key_to_environment
 from sparsegap.extras import require
+from sparsegap.precheck import check_command_line
 from sparsegap.runtime import run_entry_point
+
+CONF = "sparsegap.conf.autointerp"
 
 register_configs()
 
@@ -40,8 +48,8 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     return float(summary["f1_mean"])
 
 
-@hydra.main(version_base="1.3", config_path="pkg://sparsegap.conf.autointerp", config_name="config")
-def main(cfg: DictConfig) -> float:
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONF}", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and cfg.logger.name == "wandb" and cfg.logger.group is None:
@@ -49,6 +57,13 @@ def main(cfg: DictConfig) -> float:
     return run_entry_point(lambda: run(cfg, Path(hydra_cfg.runtime.output_dir)), multirun)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The console script and ``python -m sparsegap.autointerp``."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    sys.argv[1:] = move_key_to_environment(sys.argv[1:])
+    check_command_line(sys.argv[1:], validate, CONF)
+    _hydra_main()
+
+
+if __name__ == "__main__":
     main()

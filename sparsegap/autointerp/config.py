@@ -1,7 +1,8 @@
 """Typed configuration of ``python -m sparsegap.autointerp`` and its cross-field checks.
 
-Every option is a field below; its comment is the documentation. ``conf/autointerp/`` holds thin
-YAML presets over these schemas (``explainer=llm|ngram``, ``scorer=llm|rule``). ``validate``
+Every option is a field below; its comment is the documentation. The options of the config
+groups (``explainer=llm|ngram``, ``scorer=llm|rule``, ``logger``, ``device``) are these schemas,
+stored by ``register_configs``; ``conf/autointerp/config.yaml`` picks the defaults. ``validate``
 raises ``sparsegap.config.ConfigError`` naming the key, the bad value and what is allowed.
 """
 
@@ -14,7 +15,15 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from sparsegap.config import DEVICES, LOGGER_MODES, SEED_MAX, DeviceConfig, LoggerConfig, ranged
+from sparsegap.config import (
+    DEVICES,
+    LOGGER_MODES,
+    LOGGERS,
+    SEED_MAX,
+    DeviceConfig,
+    LoggerConfig,
+    ranged,
+)
 from sparsegap.errors import ConfigError, choice, need
 from sparsegap.validate import check_schema
 
@@ -144,14 +153,21 @@ class AutointerpConfig:
 
 
 def register_configs() -> None:
+    """Store every option of the config groups under the name users select (as
+    ``sparsegap.registry`` does for ``python -m sparsegap``): ``explainer=llm|ngram``,
+    ``scorer=llm|rule``, ``logger=wandb|none`` and ``device=<name>`` are the schemas themselves,
+    so no option is a bare schema and no YAML shadows a stored node (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(name="autointerp_schema", node=AutointerpConfig)
-    cs.store(group="explainer", name="llm_schema", node=LLMExplainerConfig)
-    cs.store(group="explainer", name="ngram_schema", node=NgramExplainerConfig)
-    cs.store(group="scorer", name="llm_schema", node=LLMScorerConfig)
-    cs.store(group="scorer", name="rule_schema", node=RuleScorerConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-    cs.store(group="device", name="device_schema", node=DeviceConfig)
+    cs.store(name="autointerp_schema", node=AutointerpConfig)  # the root of config.yaml
+    options = {
+        "explainer": {"llm": LLMExplainerConfig, "ngram": NgramExplainerConfig},
+        "scorer": {"llm": LLMScorerConfig, "rule": RuleScorerConfig},
+        "logger": {name: LoggerConfig(name=name) for name in LOGGERS},
+        "device": {name: DeviceConfig(name=name) for name in DEVICES},
+    }
+    for group, nodes in options.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -169,6 +185,6 @@ def validate(cfg: DictConfig) -> None:
         cfg.corpus.tokens,
         f"must be at least corpus.context={cfg.corpus.context}",
     )
-    choice("logger.name", cfg.logger.name, ("wandb", "none"))
+    choice("logger.name", cfg.logger.name, LOGGERS)
     if cfg.logger.name == "wandb":
         choice("logger.mode", cfg.logger.mode, LOGGER_MODES)

@@ -1,20 +1,26 @@
-"""Keeping the LLM API key off disk, whichever way it is given.
+"""Keeping the LLM API key off disk and off the screen, whichever way it is given.
 
 Give it in the environment variable named by ``llm.api_key_env`` (``OPENAI_API_KEY``). Given as
 ``llm.api_key=...`` (on the command line or in a YAML), it would otherwise reach every record of
 the run: ``.hydra/``, a sweep's ``multirun.yaml``, ``autointerp.json``, the W&B run's config and
-metadata (which holds the command line) and W&B's ``debug.log``.
+metadata (which holds the command line) and W&B's ``debug.log``; and what ``--cfg`` prints.
 
-``HideApiKey``, a Hydra callback named in ``conf/autointerp/config.yaml``, runs once the config
-is composed and before Hydra writes anything: it moves the key into that environment variable of
-this process (the client reads it there; jobs a launcher starts inherit it), sets ``llm.api_key``
-to null in the config and in the overrides a sweep recomposes its jobs from, and masks the key in
-``sys.argv`` and in every string Hydra derived from the overrides. ``redacted`` masks the key in
-any config the pipeline records, for callers that compose without the entry point.
+``move_key_to_environment`` runs in the entry point before Hydra reads the command line: it
+takes an ``llm.api_key=...`` argument out of it into that environment variable of this process
+(the client reads it there; jobs a launcher starts inherit it), so that Hydra never sees the key:
+not in what ``--cfg job|hydra|all`` or ``--info`` prints, not in any override it records.
+``HideApiKey``, a Hydra callback named in ``conf/autointerp/config.yaml``, covers what is left
+once the config is composed and before Hydra writes anything (a key in a YAML, or a command line
+that did not pass through the entry point): it moves the key into the environment variable the
+same way, sets ``llm.api_key`` to null in the config and in the overrides a sweep recomposes its
+jobs from, and masks the key in ``sys.argv`` and in every string Hydra derived from the
+overrides. ``redacted`` masks the key in any config the pipeline records, for callers that
+compose without the entry point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -26,6 +32,34 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 MASK = "<redacted>"
 _KEY_OVERRIDE = re.compile(r"^\+{0,2}llm\.api_key=")
+
+
+def move_key_to_environment(args: list[str]) -> list[str]:
+    """``args`` (a command line) without its ``llm.api_key=...`` overrides, whose key is put into
+    the environment variable the command line's ``llm.api_key_env=...`` names (else the
+    schema's default). ``llm.api_key=null`` stays: it hides nothing."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from sparsegap.autointerp.config import LLMConfig
+
+    kept: list[str] = []
+    key: str | None = None
+    variable = LLMConfig.api_key_env
+    for arg in args:
+        if _KEY_OVERRIDE.match(arg):
+            value: Any = arg.partition("=")[2]  # a malformed value is still a key: it goes
+            with contextlib.suppress(HydraException):  # unquoted as Hydra would ('sk-...')
+                value = OverridesParser.create().parse_overrides([arg])[0].value()
+            if value is not None:
+                key = str(value)  # the last one wins, as in Hydra
+                continue
+        elif arg.startswith("llm.api_key_env="):
+            variable = arg.partition("=")[2]
+        kept.append(arg)
+    if key is not None:
+        os.environ[variable] = key
+    return kept
 
 
 def hide_api_key(cfg: DictConfig) -> None:

@@ -1,0 +1,1 @@
+"""sparsegap's Hydra sweeper (``hydra/sweeper=sparsegap``, python -m sparsegap's default)."""
