@@ -257,7 +257,7 @@ class InferenceConfig:
     candidates: int | None = ranged(None, ge=1)
     # best_subset: an atom must lower the squared residual by this many noise variances
     penalty: float = ranged(4.0, ge=0)
-    # best_subset: rounds of swap search over all atoms after the subset search; 0 = none
+    # best_subset: rounds of local search (exchanging one or two atoms) after the subsets; 0 = none
     swaps: int = ranged(4, ge=0)
     nonnegative: bool = True  # ista, fista and the pursuits: constrain codes to S >= 0
     restart: bool = True  # fista: adaptive (gradient) restart of the momentum, per sample

@@ -15,10 +15,10 @@ data.K) for the one that explains x. Per sample:
    on ties);
 3. local search over the whole dictionary, up to ``swaps`` rounds: every support that exchanges
    one atom for another (or for none) is fitted and scored, and a sample moves to the best when
-   that lowers its score; a sample whose residual stays above twice the noise's share,
-   σ̂²·(M - |Ω|), also tries exchanging two atoms at once (a local optimum of single exchanges:
-   FISTA found a different combination of atoms that fits x nearly as well). Only samples that
-   moved search again.
+   that lowers its score; a sample that no single exchange improves but whose residual stays
+   above twice the noise's share, σ̂²·(M - |Ω|), tries exchanging two atoms at once (a local
+   optimum of single exchanges: FISTA found a different combination of atoms that fits x nearly
+   as well). Only samples that moved search again.
 
 σ̂² is the noise variance per measurement, estimated per replica as the median over the call's
 samples of r²/(M - k), r² the best residual of the subsets of k atoms (the residual's degrees of
@@ -29,10 +29,10 @@ level in the config and follows the dictionary's error inside dictionary learnin
 a sample's code depends, through σ̂², on the other samples of the call.
 
 Cost: Σ_{j≤k} C(c, j) small NNLS fits per sample (26 for c = 5, k = 3; 120 for c = 7, k = 5),
-then k·(L + 1) per sample and round of single exchanges and C(k, 2)·C(L + 1, 2) per stuck
-sample for pairs. Every fit runs batched over replicas, samples and supports: one least-squares
-solve each, then Lawson–Hanson only for the supports it leaves negative, in sample chunks whose
-gathered atoms stay within ``CHUNK_ELEMENTS``.
+then k·(L + 1) per sample and round of single exchanges, and C(k, 2)·C(L + 1, 2) per stuck
+sample and round for pairs. Every fit runs batched over replicas, samples and supports: one
+least-squares solve each, then Lawson–Hanson only for the supports it leaves negative, in sample
+chunks whose gathered atoms stay within ``CHUNK_ELEMENTS``.
 """
 
 from __future__ import annotations
@@ -141,21 +141,16 @@ class BestSubset(Inference):
         state = best_of(index, valid, coef, residual, cost)  # ties: the smallest subset
         active = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
         for _ in range(self.swaps):
+            state, moved, fitted = self.exchange(x, rows, state, cost, floor, active, 1)
+            # A sample that no single exchange improves but whose residual stays well above the
+            # noise's share may sit in a local optimum of single exchanges (FISTA found another
+            # combination of atoms that fits x nearly as well): it tries exchanging two at once.
             coef, residual = state[2:4]
-            # A sample whose residual is well above the noise's share may sit in a local optimum
-            # that one exchange cannot leave: it also tries exchanging two atoms at once.
             share = torch.maximum(noise * (dim - (coef > 0).sum(-1)).clamp_min(1), floor)
-            stuck = active & (residual > 2 * share).any(0)
-            moved = torch.zeros_like(active)
-            for size, columns in ((1, active), (2, stuck)):
-                if columns.any():
-                    part = tuple(t[:, columns] for t in state)
-                    near = neighbour(x[:, columns], rows, part, cost[:, columns], size)
-                    fits += len(exchanges(k, latents, size)) * int(columns.sum())
-                    better = near[-1] < part[-1] - floor[columns]  # (R, b)
-                    state = accept(state, near, columns, better)
-                    moved[columns] |= better.any(0)
-            active = moved
+            stuck = active & ~moved & (residual > 2 * share).any(0)
+            state, jumped, more = self.exchange(x, rows, state, cost, floor, stuck, 2)
+            fits += fitted + more
+            active = moved | jumped
             if not active.any():
                 break
         self.fits_per_sample = fits / max(x.shape[1], 1)
@@ -163,6 +158,30 @@ class BestSubset(Inference):
         dense = coef.new_zeros(replicas, x.shape[1], latents)
         dense.scatter_add_(-1, index, torch.where(valid, coef, 0.0))
         return dense.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def exchange(
+        x: Tensor,
+        rows: Tensor,
+        state: State,
+        cost: Tensor,
+        floor: Tensor,
+        columns: Tensor,
+        size: int,
+    ) -> tuple[State, Tensor, int]:
+        """One round of exchanges of ``size`` atoms for the samples ``columns`` (B,): the state
+        with every sample moved to its best neighbour where that lowers its score by more than
+        ``floor``, which samples moved (B,), and the number of supports fitted per replica."""
+        if not columns.any():
+            return state, torch.zeros_like(columns), 0
+        part = tuple(t[:, columns] for t in state)
+        near = neighbour(x[:, columns], rows, part, cost[:, columns], size)
+        better = near[-1] < part[-1] - floor[columns]  # (R, b)
+        moved = torch.zeros_like(columns)
+        moved[columns] = better.any(0)
+        k, latents = state[0].shape[-1], rows.shape[1]
+        fitted = len(exchanges(k, latents, size)) * int(columns.sum())
+        return accept(state, near, columns, better), moved, fitted
 
     def flops(self, samples: int, latents: int, dim: int) -> Flops:
         """FISTA's count, then per sample and fitted support (all padded to k slots): its Gram
