@@ -252,8 +252,14 @@ class InferenceConfig:
     l1_coeff: float | None = ranged(None, ge=0)
     # log-parametrised codes start at exp(init_log) when not warm-started
     init_log: float = ranged(-10.0)
-    # atom budget of mp, omp and gp; null = data.K (passed by the encoder)
+    # atom budget of mp, omp, gp and best_subset; null = data.K (passed by the encoder)
     k: int | None = ranged(None, ge=1)
+    # best_subset: FISTA's largest atoms whose subsets of at most k are searched; null = k + 2
+    candidates: int | None = ranged(None, ge=1)
+    # best_subset: an atom must lower the squared residual by this many noise variances
+    penalty: float = ranged(4.0, ge=0)
+    # best_subset: rounds of local search (exchanging one or two atoms) after the subsets; 0 = none
+    swaps: int = ranged(4, ge=0)
     nonnegative: bool = True  # ista, fista and the pursuits: constrain codes to S >= 0
     restart: bool = True  # fista: adaptive (gradient) restart of the momentum, per sample
     # stop once the relative change of the codes falls below it; 0 = never

@@ -117,7 +117,7 @@ BAD = [
     (["+data.foo=1"], "data.foo=1", "data has no key 'foo'; its keys are K, M, N,"),
     (["+foo=1"], "foo=1", "the config has no key 'foo'; its keys are cache,"),
     (["+encoder.foo=1"], "encoder.foo=1", "encoder has no key 'foo'"),
-    ([*ITO, "+encoder.inference.foo=1"], "encoder.inference.foo=1", "its keys are init_log,"),
+    ([*ITO, "+encoder.inference.foo=1"], "encoder.inference.foo=1", "its keys are candidates,"),
     (["+metrics.foo=1"], "metrics.foo=1", "metrics has no key 'foo'"),
     (["+scenario.foo=1"], "scenario.foo=1", "scenario has no key 'foo'"),
     (["+device.foo=1"], "device.foo=1", "device has no key 'foo'"),

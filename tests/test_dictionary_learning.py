@@ -114,13 +114,16 @@ def test_invalid_dictionary_update_is_rejected():
         validate(cfg)
 
 
-@pytest.mark.parametrize("update", ["least_squares", "gradient"])
-def test_declared_matmul_flops_match_a_training_step(update):
+@pytest.mark.parametrize(
+    ("update", "inference"),
+    [("least_squares", "fista"), ("gradient", "fista"), ("least_squares", "best_subset")],
+)
+def test_declared_matmul_flops_match_a_training_step(update, inference):
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = compose_config(
         ["encoder=dictionary_learning", f"encoder.dictionary_update={update}",
-         "encoder.restarts=2", "replicas=1", *SMALL]
+         f"encoder.inference.name={inference}", "encoder.restarts=2", "replicas=1", *SMALL]
     )  # fmt: skip
     model = build(cfg)
     step = make_step(model)
@@ -130,6 +133,29 @@ def test_declared_matmul_flops_match_a_training_step(update):
     analytic = model.train_step_flops().matmul
     measured = counter.get_total_flops()
     assert abs(measured - analytic) <= 0.1 * analytic, (measured, analytic)
+
+
+@pytest.mark.parametrize("key", ["encoder.test_inference", "encoder.inference.name"])
+def test_best_subset_as_test_inference_or_as_the_code_step(tmp_path, key):
+    """``encoder.test_inference=best_subset`` changes the test codes only; as the inference it is
+    also every training step's code step. Both train, and the test codes keep at most k atoms."""
+    cfg = compose_config(["encoder=dictionary_learning", f"{key}=best_subset",
+                          "encoder.restarts=1", *SMALL])  # fmt: skip
+    model = build(cfg)
+    assert model.encoder.test_inference.name == "best_subset"
+    assert (model.encoder.inference.name == "best_subset") == (key == "encoder.inference.name")
+    run(cfg, tmp_path)
+    records = read_metrics(tmp_path)
+    assert all(_finite(r) for r in records)
+    assert records[-1]["dictionary_mcc"]["mean"] > records[0]["dictionary_mcc"]["mean"]
+    codes = model.encoder.infer(model.data.x_test, model.decoder.weight.detach())
+    assert ((codes != 0).sum(dim=1) <= cfg.data.K).all() and (codes >= 0).all()
+
+
+def test_invalid_test_inference_is_rejected():
+    cfg = compose_config(["encoder=dictionary_learning", "encoder.test_inference=lars"])
+    with pytest.raises(ConfigError, match=r"encoder\.test_inference"):
+        validate(cfg)
 
 
 def test_sklearn_dl_without_scikit_learn_names_the_extra(monkeypatch):

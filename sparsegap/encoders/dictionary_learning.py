@@ -24,7 +24,11 @@ inference's L1 weight): restarts are chosen without labels.
 
 Test codes: the same inference against the learned dictionary, from zero, with
 ``encoder.test_iterations`` iterations (training steps are warm-started and need few; a cold
-start needs more).
+start needs more), or another algorithm with the same settings, ``encoder.test_inference``:
+e.g. ``best_subset``, which prunes FISTA's support to the ≤k-atom NNLS fit, costs too much to
+run on every candidate at every step but once on the test set is cheap. ``best_subset`` as
+``encoder.inference.name`` runs it as the code step of every training step too (warm-started
+FISTA, then the subset search).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from sparsegap.config import EncoderConfig, InferenceConfig, ranged
 from sparsegap.encoders.base import Encoder, InferenceEncoder, register_encoder
 from sparsegap.errors import choice
 from sparsegap.flops import Flops, renormalise_columns
-from sparsegap.inference import build_inference
+from sparsegap.inference import INFERENCE, build_inference
 
 # Offset of the resampling generators' seeds from the replica seeds, so that the restarts draw a
 # stream of their own rather than the one that initialised the decoder.
@@ -77,6 +81,8 @@ class DictionaryLearningConfig(EncoderConfig):
     restarts: int = ranged(19, ge=0)
     # inference iterations for test codes; null = inference's
     test_iterations: int | None = ranged(300, ge=0)
+    # algorithm of the test codes (an encoder.inference.name, same settings); null = inference's
+    test_inference: str | None = None
     # training and test codes: non-negative FISTA, l1 0.2, 20 warm-started iterations per step
     inference: InferenceConfig = field(default_factory=_dl_inference)
 
@@ -95,10 +101,15 @@ class DictionaryLearning(InferenceEncoder, Encoder):
         e = cfg.encoder
         choice("encoder.dictionary_update", e.dictionary_update, DICTIONARY_UPDATES)
         super().check(cfg)
+        if e.test_inference is not None:
+            choice("encoder.test_inference", e.test_inference, tuple(INFERENCE))
+            INFERENCE[e.test_inference].check(e.inference, "encoder.inference")
 
     @classmethod
     def describe(cls, encoder: Mapping[str, Any]) -> str:
-        return f"dictionary learning (alt. min., {cls.inference_label(encoder)})"
+        test = encoder.get("test_inference")
+        tested = f"; test: {INFERENCE[test].label}" if test is not None else ""
+        return f"dictionary learning (alt. min., {cls.inference_label(encoder)}{tested})"
 
     # The scenario's loss is only evaluated (logged); the encoder's inference has its own L1.
     l1_penalty = True
@@ -114,7 +125,10 @@ class DictionaryLearning(InferenceEncoder, Encoder):
         self.register_buffer("all_codes", torch.zeros(0))
         self.inference = build_inference(cfg.inference, kw["l1_coeff"])
         test = cfg.inference.iterations if cfg.test_iterations is None else cfg.test_iterations
-        test_cfg = OmegaConf.merge(OmegaConf.structured(cfg.inference), {"iterations": test})
+        name = cfg.inference.name if cfg.test_inference is None else cfg.test_inference
+        test_cfg = OmegaConf.merge(
+            OmegaConf.structured(cfg.inference), {"iterations": test, "name": name}
+        )
         self.test_inference = build_inference(test_cfg, kw["l1_coeff"])
         seeds = [g.initial_seed() for g in kw["generators"]]
         self.generators = [
