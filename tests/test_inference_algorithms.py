@@ -26,13 +26,7 @@ ALGORITHMS = ("ista", "fista", *PURSUITS)
 M, N, K, B = 8, 12, 3, 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: keep the suite on one core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def infer(name: str, x, atoms, init=None, l1: float = 0.0, **fields):

@@ -22,13 +22,7 @@ from sparsegap.validate import validate
 M, N, K, B = 6, 8, 2, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: keep the tests on one core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subset_codes(x, atoms, init=None, l1: float = 0.01, **fields):
