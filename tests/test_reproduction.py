@@ -153,6 +153,13 @@ def test_every_result_is_listed_even_when_nothing_ran(tmp_path):
     for preset in PRESETS:
         assert f"`{preset.name}`" in text and preset.where in text
     assert text.count("not run") >= len(PRESETS)
+    assert "Not rerun for this version" not in text
+
+
+def test_results_not_rerun_point_to_the_previous_document(tmp_path):
+    old = "REPRODUCTION-2026-11-26.md"
+    text = write_reproduction({}, tmp_path, previous=old).read_text()
+    assert text.count(f"[{old}]({old})") == len(PRESETS)
 
 
 def _draw(encoder: dict, seed: int, mcc: list[float], steps=(0, 20_000), **top) -> Job:

@@ -1015,10 +1015,16 @@ STATISTICS = (
 
 
 def write_reproduction(
-    sweeps: dict[str, Path], docs: Path, quick: bool = False, command: str = ""
+    sweeps: dict[str, Path],
+    docs: Path,
+    quick: bool = False,
+    command: str = "",
+    previous: str | None = None,
 ) -> Path:
     """Write ``docs/REPRODUCTION.md`` and its figures from the finished (or partial) sweeps,
-    keyed by ``sweep_names``; everything it states about our runs is computed from them."""
+    keyed by ``sweep_names``; everything it states about our runs is computed from them.
+    ``previous`` (a document beside it, generated earlier from sweeps no longer at hand) is
+    pointed to from each result that has no sweep now, rather than its numbers copied."""
     docs.mkdir(parents=True, exist_ok=True)
     fig_dir = docs / "figures" / "reproduction"
     if fig_dir.exists():
@@ -1083,6 +1089,10 @@ def write_reproduction(
         ]
         if missing:
             body += [f"Not run yet: {' and '.join(missing)}; then regenerate this file.", ""]
+        if previous and not jobs and not authors:
+            body += [f"Not rerun for this version: its last measured section is in "
+                     f"[{previous}]({previous}), generated from the sweeps of its time.",
+                     ""]  # fmt: skip
         if finding is None:
             continue
         for table in (finding.table, *finding.more_tables):
@@ -1206,6 +1216,11 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("--sweep", action="append", default=[], metavar="NAME=DIR",
                        help="a sweep: <preset> or <preset>-authors (repeatable)")  # fmt: skip
     write.add_argument("--quick", action="store_true", help="label the document as quick")
+    write.add_argument(
+        "--previous",
+        metavar="FILE",
+        help="an earlier document beside it, linked from results not rerun",
+    )
     for p in (run, write):
         p.add_argument("--docs", type=Path, default=Path("docs"), help="where REPRODUCTION.md goes")
     args = parser.parse_args(argv)
@@ -1224,7 +1239,8 @@ def main(argv: list[str] | None = None) -> int:
             explicit[name] = Path(folder)
         sweeps = find_sweeps(args.roots, explicit)
         command = "`write` from existing sweeps"
-    path = write_reproduction(sweeps, args.docs, args.quick, command)
+    previous = getattr(args, "previous", None)
+    path = write_reproduction(sweeps, args.docs, args.quick, command, previous)
     print(f"wrote {path} ({len(sweeps)} of {len(sweep_names())} sweeps found) "
           f"in {time.perf_counter() - start:.0f} s wall")  # fmt: skip
     return 0
