@@ -350,3 +350,19 @@ def test_make_paper_device_cuda_reaches_the_run_command():
     assert "--device cuda --jobs-per-gpu 5" in result.stdout
     plain = subprocess.run(["make", "-n", "paper"], cwd=root, capture_output=True, text=True)
     assert "--device cpu" in plain.stdout
+
+
+def test_a_report_older_than_a_job_is_written_again(tmp_path):
+    import os
+
+    from sparsegap.report.reproduction import ensure_report
+
+    job = tmp_path / "sweep" / "0"
+    job.mkdir(parents=True)
+    (job / "summary.json").write_text("{}")
+    report = tmp_path / "sweep" / "report"
+    report.mkdir()
+    (report / "summary.md").write_text("stale")
+    os.utime(report / "summary.md", (0, 0))  # written before the job finished
+    ensure_report(tmp_path / "sweep")
+    assert (report / "summary.md").read_text() != "stale"

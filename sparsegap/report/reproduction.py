@@ -960,11 +960,14 @@ def shown(path: Path) -> str:
 
 
 def ensure_report(sweep: Path) -> Path:
-    """The sweep's report folder, written by ``sparsegap-report`` unless already there."""
+    """The sweep's report folder, written by ``sparsegap-report`` unless already there and newer
+    than every job's summary (a report written while the sweep ran would show fewer jobs)."""
     from sparsegap.report.__main__ import make_report
 
     out = sweep / "report"
-    if not (out / "summary.md").exists():
+    summary = out / "summary.md"
+    jobs = [p.stat().st_mtime for p in sweep.glob("*/summary.json")]
+    if not summary.exists() or summary.stat().st_mtime < max(jobs, default=0.0):
         make_report(sweep, out)
     return out
 
