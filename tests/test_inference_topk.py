@@ -13,7 +13,6 @@ from test_inference_algorithms import (
     K,
     M,
     N,
-    _one_thread,  # noqa: F401  (autouse: one torch thread, the machine is shared)
     brute_force,
     counted_matmul_flops,
     exact_problem,
@@ -25,6 +24,8 @@ from test_inference_algorithms import (
 from sparsegap.config import InferenceConfig
 from sparsegap.inference import INFERENCE, build_inference
 from sparsegap.inference.topk import MAX_BACKTRACKS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered_and_needs_a_budget():
